@@ -1,0 +1,267 @@
+"""Inferers built once from a run folder: slice segmentation and slice classification.
+
+One object per run (lungmask's inferer, nnU-Net's predictor): the model is loaded (or the ONNX
+Runtime session created) once in ``from_run`` and then serves any number of batches. Both
+backends share the same pre- and post-processing, so ``--backend onnx`` changes only who runs
+the network:
+
+- ``torch``: eager PyTorch under ``torch.inference_mode``; ``precision="bf16"`` runs it under CPU
+  autocast (bfloat16 matmuls/convolutions, outputs back to float32).
+- ``onnx``: ONNX Runtime on the CPU. The graph is ``RUN/model.onnx`` when that file exists (written
+  by ``lungcad export-onnx RUN --out RUN/model.onnx``), otherwise it is exported in memory from the
+  run's weights when the inferer is built.
+
+Segmentation pre-processing matches training: the uint8 lung-window slice is resized to the
+model's ``image_size`` (bilinear), scaled to [0, 1], run, passed through a sigmoid and resized
+back (bilinear) to the input size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import LungcadError
+
+BACKENDS = ("torch", "onnx")
+PRECISIONS = ("fp32", "bf16")
+ONNX_FILE = "model.onnx"
+ONNX_META_KEY = "lungcad_model_json"
+# Fully convolutional segmenters need sides divisible by their total stride.
+_SIDE_MULTIPLE = 32
+
+
+def _check_options(backend: str, precision: str) -> None:
+    if backend not in BACKENDS:
+        raise LungcadError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise LungcadError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if backend == "onnx" and precision != "fp32":
+        raise LungcadError("the onnx backend runs fp32 only; use --backend torch for bf16")
+
+
+def _cpu_threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+class _TorchRunner:
+    """Runs an ``nn.Module`` on float32 numpy batches and returns float32 numpy logits."""
+
+    def __init__(self, model: torch.nn.Module, device: str, precision: str):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.precision = precision
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        with torch.inference_mode():
+            if self.precision == "bf16":
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    out = self.model(x)
+            else:
+                out = self.model(x)
+        return out.float().cpu().numpy()
+
+
+class _OnnxRunner:
+    """Runs an ONNX Runtime session (CPU) created once."""
+
+    def __init__(self, model_bytes_or_path: bytes | str, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            model_bytes_or_path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return self.session.run(None, feed)[0]
+
+
+def _load_run(run_dir: str | Path, task: str, device: str, backend: str, precision: str,
+              threads: int | None) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """Build the runner of a run folder for ``backend``; checks the run's task."""
+    from .models.run_io import read_model_json
+
+    _check_options(backend, precision)
+    run_dir = Path(run_dir)
+    info = read_model_json(run_dir)
+    if info.get("task") != task:
+        raise LungcadError(f"{run_dir}: a {info.get('task')} run, expected a {task} run")
+    if backend == "onnx":
+        onnx_path = run_dir / ONNX_FILE
+        if onnx_path.is_file():
+            return _OnnxRunner(str(onnx_path), threads), info
+        from .export_onnx import export_onnx_bytes
+
+        return _OnnxRunner(export_onnx_bytes(run_dir), threads), info
+    from .models import load_run_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, info = load_run_model(run_dir, map_location="cpu")
+    return _TorchRunner(model, device, precision), info
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (N, C, H, W) float tensor; a no-op when already that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _snap_box(box: tuple[int, int, int, int], size: int) -> tuple[int, int, int, int]:
+    """Grow a (y0, y1, x0, x1) box on a ``size`` x ``size`` grid to sides divisible by 32."""
+    out = []
+    for lo, hi in (box[0:2], box[2:4]):
+        side = min(size, max(_SIDE_MULTIPLE, -(-(hi - lo) // _SIDE_MULTIPLE) * _SIDE_MULTIPLE))
+        centre = (lo + hi) // 2
+        lo = min(max(0, centre - side // 2), size - side)
+        out += [lo, lo + side]
+    return tuple(out)
+
+
+@dataclass
+class SliceSegmenter:
+    """2D nodule segmenter over uint8 lung-window slices, built once from a segmentation run."""
+
+    runner: Callable[[np.ndarray], np.ndarray]
+    model_json: dict
+    batch_size: int = 8
+    backend: str = "torch"
+    precision: str = "fp32"
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
+                 precision: str = "fp32", batch_size: int = 8,
+                 threads: int | None = None) -> "SliceSegmenter":
+        runner, info = _load_run(run_dir, "segmentation", device, backend, precision, threads)
+        return cls(runner, info, batch_size, backend, precision)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model_json.get("image_size", 256))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.model_json.get("threshold", 0.5))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model_json.get("in_channels", 1))
+
+    def predict_proba(self, images_u8: np.ndarray,
+                      roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Foreground probability of each pixel: (N, H, W) uint8 -> (N, H, W) float32 in [0, 1].
+
+        ``roi`` = (y0, y1, x0, x1) in input pixels restricts the network to that region (grown to
+        multiples of 32 on the model grid, at the model's scale); outside it the probability is 0.
+        """
+        images_u8 = np.asarray(images_u8)
+        if images_u8.ndim != 3:
+            raise ValueError(f"expected (N, H, W) slices, got shape {images_u8.shape}")
+        n, height, width = images_u8.shape
+        out = np.zeros((n, height, width), np.float32)
+        size = self.image_size
+        box = None
+        if roi is not None:
+            sy, sx = size / height, size / width
+            box = _snap_box((int(np.floor(roi[0] * sy)), int(np.ceil(roi[1] * sy)),
+                             int(np.floor(roi[2] * sx)), int(np.ceil(roi[3] * sx))), size)
+        for start in range(0, n, self.batch_size):
+            chunk = torch.from_numpy(images_u8[start:start + self.batch_size].astype(np.float32))
+            x = _resize(chunk[:, None] / 255.0, (size, size))
+            if box is not None:
+                x = x[:, :, box[0]:box[1], box[2]:box[3]]
+            if self.in_channels != 1:
+                x = x.expand(-1, self.in_channels, -1, -1)
+            logits = torch.from_numpy(self.runner(x.contiguous().numpy()))
+            proba = torch.sigmoid(logits.reshape(x.shape[0], 1, *x.shape[-2:]))
+            if box is not None:
+                canvas = torch.zeros((x.shape[0], 1, size, size))
+                canvas[:, :, box[0]:box[1], box[2]:box[3]] = proba
+                proba = canvas
+            out[start:start + len(chunk)] = _resize(proba, (height, width))[:, 0].numpy()
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    def predict_masks(self, images_u8: np.ndarray,
+                      roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Binary nodule masks: probability >= the run's ``threshold`` (model.json)."""
+        return self.predict_proba(images_u8, roi=roi) >= self.threshold
+
+
+@dataclass
+class SliceClassifier:
+    """Slice-level malignancy classifier over seven-channel features, built once from a run."""
+
+    runner: Callable[[np.ndarray], np.ndarray]
+    model_json: dict
+    batch_size: int = 16
+    backend: str = "torch"
+    precision: str = "fp32"
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
+                 precision: str = "fp32", batch_size: int = 16,
+                 threads: int | None = None) -> "SliceClassifier":
+        runner, info = _load_run(run_dir, "classification", device, backend, precision, threads)
+        return cls(runner, info, batch_size, backend, precision)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the seven-channel input (model.json ``image_size``)."""
+        return int(self.model_json.get("image_size", 224))
+
+    @property
+    def crop(self) -> int:
+        """Side of the context crop of the seven-channel features (model.json ``crop``)."""
+        return int(self.model_json.get("crop", 64))
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Malignancy probability per slice: (N, 7, S, S) float32 -> (N,) float32."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 4:
+            raise ValueError(f"expected (N, C, S, S) features, got shape {features.shape}")
+        out = np.zeros(len(features), np.float32)
+        for start in range(0, len(features), self.batch_size):
+            logits = self.runner(features[start:start + self.batch_size])
+            out[start:start + len(logits)] = _logits_to_proba(np.asarray(logits))
+        return out
+
+
+def _logits_to_proba(logits: np.ndarray) -> np.ndarray:
+    """(B,) or (B, 1) -> sigmoid; (B, 2) -> softmax of the malignant class."""
+    logits = logits.astype(np.float32)
+    if logits.ndim == 2 and logits.shape[1] == 2:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp[:, 1] / exp.sum(axis=1)
+    return 1.0 / (1.0 + np.exp(-logits.reshape(len(logits))))
+
+
+def describe_backend(inferer: SliceSegmenter | SliceClassifier) -> str:
+    """A short label such as ``torch-fp32`` or ``onnx-fp32`` for reports and benchmarks."""
+    return f"{inferer.backend}-{inferer.precision}"
+
+
+def model_json_from_onnx(path: str | Path) -> dict:
+    """Read back the model.json stored in an exported ONNX file's metadata."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == ONNX_META_KEY:
+            return json.loads(prop.value)
+    raise LungcadError(f"{path}: no lungcad model.json in the ONNX metadata")

@@ -1,0 +1,1 @@
+"""Synthetic chest-CT phantoms written in every dataset's native layout."""
