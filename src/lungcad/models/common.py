@@ -132,3 +132,19 @@ def check_input_size(x: torch.Tensor, multiple: int = 32) -> None:
         raise LungcadError(
             f"input of size {height}x{width}: height and width must be multiples of {multiple}"
         )
+
+
+def init_decoder(module: nn.Module) -> None:
+    """He initialisation for the convolutions of a hand-written decoder (as smp's ``initialize_decoder``).
+
+    PyTorch's default conv init shrinks activations at every conv + ReLU, so that an untrained deep
+    decoder in eval mode (BatchNorm with unit running statistics) outputs nearly a constant.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_input_size
+from .common import check_input_size, init_decoder
 
 
 class SeparableConv(nn.Sequential):
@@ -63,6 +63,7 @@ class LightUNet(nn.Module):
             SeparableBlock(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(levels))
         )
         self.head = nn.Conv2d(base_channels, classes, 1)
+        init_decoder(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, 2 ** (len(self.down) - 1))

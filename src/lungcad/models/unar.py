@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_input_size
+from .common import check_input_size, init_decoder
 
 DEFAULT_DECODER_CHANNELS = (32, 64, 128, 256)  # nested-node width per level, finest first
 DEFAULT_FINAL_CHANNELS = 16
@@ -110,6 +110,7 @@ class UNARDecoder(nn.Module):
                 self.gates[self._gate_key(i, j, k)] = AttentionGate(skip_ch, gate_ch)
             self.nodes[self._node_key(i, j)] = ConvBlock(sum(skip_chs) + gate_ch, decoder_channels[i])
         self.final = ConvBlock(decoder_channels[0], final_channels)
+        init_decoder(self)
 
     def node_order(self) -> list[tuple[int, int]]:
         """The nested nodes ``(i, j)``, ``j >= 1``, in an order where every input is computed first."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_input_size
+from .common import check_input_size, init_decoder
 from .unar import ConvBlock
 
 DEFAULT_SDI_CHANNELS = 32
@@ -107,6 +107,7 @@ class UNetV2Decoder(nn.Module):
         self.sdi = nn.ModuleList(SDI(channels, levels, target) for target in range(levels))
         self.blocks = nn.ModuleList(ConvBlock(channels, channels) for _ in range(levels))
         self.out_channels = channels
+        init_decoder(self)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Return the decoded map at the finest encoder level's resolution."""

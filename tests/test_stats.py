@@ -1,0 +1,133 @@
+"""Bootstrap and DeLong, checked against independent computations from the definitions."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from lungcad.stats import bootstrap_ci, delong_auc_variance, delong_ci, delong_test
+
+
+def _psi(x, y):
+    return 1.0 if x > y else 0.5 if x == y else 0.0
+
+
+def _delong_by_definition(y, scores_list):
+    """Placement values by the double loop, covariance S = S10/m + S01/n."""
+    y = np.asarray(y)
+    v10s, v01s = [], []
+    for s in scores_list:
+        s = np.asarray(s, float)
+        pos, neg = s[y == 1], s[y == 0]
+        v10s.append([np.mean([_psi(x, v) for v in neg]) for x in pos])
+        v01s.append([np.mean([_psi(x, v) for x in pos]) for v in neg])
+    v10, v01 = np.array(v10s), np.array(v01s)
+    m, n = v10.shape[1], v01.shape[1]
+    return v10.mean(axis=1), np.cov(v10) / m + np.cov(v01) / n
+
+
+def test_auc_equals_mann_whitney():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 60)
+    s = np.round(rng.random(60) + 0.3 * y, 1)  # rounding creates ties
+    pos, neg = s[y == 1], s[y == 0]
+    u = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    auc, _ = delong_auc_variance(y, s)
+    assert auc == pytest.approx(u / (len(pos) * len(neg)))
+    assert auc == pytest.approx(roc_auc_score(y, s))
+
+
+def test_delong_variance_hand_case():
+    # X (pos) = .9 .6 .4 ; Y (neg) = .6 .2
+    # V10 = [1, .75, .5] -> S10 = .0625 ; V01 = [.5, 1] -> S01 = .125
+    # var = .0625/3 + .125/2 = 1/12 ; AUC = .75
+    y = [1, 1, 1, 0, 0]
+    s = [0.9, 0.6, 0.4, 0.6, 0.2]
+    auc, var = delong_auc_variance(y, s)
+    assert auc == pytest.approx(0.75)
+    assert var == pytest.approx(1 / 12)
+
+
+def test_delong_variance_with_ties_matches_definition():
+    rng = np.random.default_rng(3)
+    y = np.array([1] * 9 + [0] * 7)
+    s = rng.integers(0, 4, y.size).astype(float)  # heavy ties
+    auc_ref, cov_ref = _delong_by_definition(y, [s])
+    auc, var = delong_auc_variance(y, s)
+    assert auc == pytest.approx(auc_ref[0])
+    assert var == pytest.approx(float(cov_ref))
+
+
+def test_delong_test_matches_definition_and_detects_difference():
+    rng = np.random.default_rng(5)
+    y = np.array([1] * 40 + [0] * 40)
+    good = y + rng.normal(0, 0.5, y.size)
+    bad = rng.normal(0, 1, y.size)
+    aucs, cov = _delong_by_definition(y, [good, bad])
+    res = delong_test(y, good, bad)
+    assert res["auc_a"] == pytest.approx(aucs[0]) and res["auc_b"] == pytest.approx(aucs[1])
+    z_ref = (aucs[0] - aucs[1]) / np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    assert res["z"] == pytest.approx(z_ref)
+    assert res["p"] < 0.001
+    assert delong_test(y, bad, good)["z"] == pytest.approx(-res["z"])
+
+
+def test_delong_test_identical_scores_gives_p_one():
+    y = [1, 0, 1, 0, 1, 0]
+    s = [0.9, 0.1, 0.5, 0.6, 0.7, 0.3]
+    res = delong_test(y, s, s)
+    assert res["p"] == 1.0 and res["z"] == 0.0
+
+
+def test_single_class_gives_nan():
+    auc, low, high = delong_ci([1, 1, 1], [0.1, 0.2, 0.3])
+    assert np.isnan(auc) and np.isnan(low)
+    assert np.isnan(delong_test([0, 0], [1, 2], [2, 1])["p"])
+
+
+def test_delong_ci_contains_auc_and_is_clipped():
+    rng = np.random.default_rng(7)
+    y = np.array([1] * 30 + [0] * 30)
+    s = y * 0.8 + rng.normal(0, 0.5, y.size)
+    for method in ("normal", "logit"):
+        auc, low, high = delong_ci(y, s, method=method)
+        assert 0.0 <= low < auc < high <= 1.0
+    _, var = delong_auc_variance(y, s)
+    auc, low, high = delong_ci(y, s)
+    assert high - low == pytest.approx(2 * 1.959964 * np.sqrt(var), rel=1e-4)
+    # near-perfect separation: the normal interval would pass 1 and is clipped
+    s2 = y + rng.normal(0, 0.3, y.size)
+    assert delong_ci(y, s2)[2] <= 1.0
+
+
+def test_bootstrap_resamples_whole_groups():
+    groups = np.array(["a", "a", "b", "b", "c", "c", "d"])
+    values = np.array([1, 1, 2, 2, 3, 3, 4])
+
+    def groups_kept_whole(v):
+        counts = {k: int((v == k).sum()) for k in (1, 2, 3)}
+        return float(all(c % 2 == 0 for c in counts.values()))
+
+    assert bootstrap_ci(groups_kept_whole, groups, values, n=200) == (1.0, 1.0)
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows():
+    rng = np.random.default_rng(0)
+
+    def width(n_patients):
+        groups = np.repeat(np.arange(n_patients), 3)
+        values = np.repeat(rng.normal(0.7, 0.1, n_patients), 3)
+        low, high = bootstrap_ci(np.mean, groups, values, n=400, seed=1)
+        assert low <= values.mean() <= high
+        return high - low
+
+    assert width(400) < width(20) / 2
+
+
+def test_bootstrap_is_deterministic_and_skips_nan():
+    groups = np.arange(30)
+    y = np.array([0, 1] * 15)
+    s = np.linspace(0, 1, 30)
+    a = bootstrap_ci(lambda yy, ss: roc_auc_score(yy, ss) if len(set(yy)) == 2 else np.nan, groups, y, s, n=100)
+    b = bootstrap_ci(lambda yy, ss: roc_auc_score(yy, ss) if len(set(yy)) == 2 else np.nan, groups, y, s, n=100)
+    assert a == b and np.isfinite(a).all()
+    assert np.isnan(bootstrap_ci(lambda v: np.nan, groups, s, n=10)).all()
