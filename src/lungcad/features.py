@@ -30,8 +30,9 @@ Channels (float32, all in [0, 1]):
    pixel (pixels outside the image count as background: the mask ends at the image edge), read in
    the context window, divided by its maximum in that window; zero outside the mask.
 4. ``edge_map``: Sobel gradient magnitude of the context-window image (computed at native
-   resolution, before resizing), divided by its maximum in the window. Image edges only: the mask
-   boundary is already carried by channels 3 and 6.
+   resolution, before resizing), resized, then divided by its maximum. Image edges only: the mask
+   boundary is already carried by channels 3 and 6. (Normalising after the resize makes the
+   maximum exactly 1 whatever the sampling grid.)
 5. ``zoomed_texture``: the image in the zoom window, resized.
 6. ``zoomed_shape``: the mask in the zoom window, resized (bilinear, not thresholded, so partial
    pixels at the boundary keep their coverage).
@@ -211,8 +212,8 @@ def seven_channels(
         resize_bilinear(img, out_size),
         (resize_bilinear(maskf, out_size) >= 0.5).astype(np.float32),
         resize_bilinear(context, out_size),
-        resize_bilinear(_normalise_by_max(distance), out_size),
-        resize_bilinear(_normalise_by_max(edges), out_size),
+        _normalise_by_max(resize_bilinear(distance, out_size)),
+        _normalise_by_max(resize_bilinear(edges, out_size)),
         resize_bilinear(extract_window(img, geom.zoom_box), out_size),
         resize_bilinear(extract_window(maskf, geom.zoom_box), out_size),
     )

@@ -1,0 +1,98 @@
+"""The size baseline: logistic regression on the patient's largest nodule diameter.
+
+Nodule size is the strongest single clinical predictor of malignancy (Fleischner, Brock), so a
+deep classifier is only interesting if it beats it. A patient's diameter is the largest
+equivalent-circle diameter over their annotated slices, in millimetres:
+``d = 2 * sqrt(area_mm2 / pi)`` with ``area_mm2 = nodule_area_px * spacing_row_mm * spacing_col_mm``
+(the manifest's columns; pixels need not be square). Patients without any annotated nodule pixel
+have no diameter and are left out of the baseline (reported as counts, never imputed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from .errors import LungcadError
+
+DEFAULT_MASK_SOURCES = ("gt", "box")
+
+
+def patient_max_diameter_mm(manifest: pd.DataFrame, mask_sources=DEFAULT_MASK_SOURCES) -> pd.Series:
+    """Largest equivalent-circle nodule diameter (mm) per patient, from the manifest's mask areas.
+
+    Only slices whose ``mask_source`` is in ``mask_sources`` and with ``nodule_area_px > 0`` count.
+    Returns a float Series indexed by ``patient_id`` (patients without such a slice are absent).
+    """
+    needed = ("patient_id", "nodule_area_px", "spacing_row_mm", "spacing_col_mm", "mask_source")
+    missing = [c for c in needed if c not in manifest]
+    if missing:
+        raise LungcadError(f"manifest lacks columns needed by the diameter baseline: {missing}")
+    rows = manifest[manifest["mask_source"].isin(mask_sources)]
+    area = pd.to_numeric(rows["nodule_area_px"], errors="coerce").fillna(0.0)
+    rows = rows[area > 0]
+    area_mm2 = area[area > 0] * rows["spacing_row_mm"].astype(float) * rows["spacing_col_mm"].astype(float)
+    diameter = 2.0 * np.sqrt(area_mm2 / np.pi)
+    return diameter.groupby(rows["patient_id"]).max().rename("diameter_mm")
+
+
+@dataclass
+class DiameterBaseline:
+    """A fitted one-feature logistic regression ``P(malignant | diameter_mm)``."""
+
+    model: LogisticRegression | None
+    constant: float | None = None  # training prevalence, used when the training set had one class
+
+    @classmethod
+    def fit(cls, diameter_mm, labels) -> "DiameterBaseline":
+        """Fit on training patients; with a single class the prediction is that class's prevalence."""
+        x = np.asarray(diameter_mm, dtype=np.float64).reshape(-1, 1)
+        y = np.asarray(labels).astype(int)
+        if x.shape[0] == 0:
+            raise LungcadError("diameter baseline: no training patient has an annotated nodule")
+        if np.unique(y).size < 2:
+            return cls(model=None, constant=float(y.mean()))
+        return cls(model=LogisticRegression().fit(x, y))
+
+    def predict_proba(self, diameter_mm) -> np.ndarray:
+        x = np.asarray(diameter_mm, dtype=np.float64).reshape(-1, 1)
+        if self.model is None:
+            return np.full(x.shape[0], self.constant)
+        return self.model.predict_proba(x)[:, 1]
+
+    def describe(self) -> dict:
+        if self.model is None:
+            return {"constant": self.constant}
+        return {"coef_per_mm": float(self.model.coef_[0, 0]), "intercept": float(self.model.intercept_[0])}
+
+
+def patient_labels(manifest: pd.DataFrame) -> pd.Series:
+    """One label per patient (labels are patient-level in the benchmark)."""
+    return manifest.groupby("patient_id")["label"].max().astype(int)
+
+
+def diameter_baseline(
+    manifest: pd.DataFrame, train_patients, eval_patients, mask_sources=DEFAULT_MASK_SOURCES
+) -> tuple[DiameterBaseline, pd.DataFrame]:
+    """Fit on ``train_patients`` and predict ``eval_patients``.
+
+    Returns the fitted baseline and a frame ``patient_id, label, diameter_mm, prob`` for the
+    evaluation patients that have a diameter (sorted by patient_id).
+    """
+    diameters = patient_max_diameter_mm(manifest, mask_sources)
+    labels = patient_labels(manifest)
+    train = [p for p in train_patients if p in diameters.index]
+    baseline = DiameterBaseline.fit(diameters.loc[train].to_numpy(), labels.loc[train].to_numpy())
+    evaluated = sorted(p for p in eval_patients if p in diameters.index)
+    frame = pd.DataFrame(
+        {
+            "patient_id": evaluated,
+            "label": labels.loc[evaluated].to_numpy(),
+            "diameter_mm": diameters.loc[evaluated].to_numpy(),
+        }
+    )
+    frame["prob"] = baseline.predict_proba(frame["diameter_mm"]) if len(frame) else []
+    return baseline, frame
