@@ -117,8 +117,8 @@ def make_luna16(root: Path, ratings_a=(3, 4, 2), ratings_b=(3, 3, 4)) -> dict:
     """Four scans (A identity, B flipped, C rotated, D no nodule) + annotations.csv + LIDC XML for A, B."""
     uids = {name: f"{UID_ROOT}{n}00000000000000000000000000{n}" for n, name in enumerate("ABCD", 1)}
     truth = {  # world centre (mm) and diameter; k = 8 in every scan
-        "A": ((-2.8, 1.4, 0.0), 6.0, world_a, ORIGIN_A, (1, 0, 0, 0, 1, 0, 0, 0, 1)),
-        "B": ((2.1, -1.4, 0.0), 6.0, world_b, ORIGIN_B, (-1, 0, 0, 0, -1, 0, 0, 0, 1)),
+        "A": ((-5.6, 4.2, 0.0), 6.0, world_a, ORIGIN_A, (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+        "B": ((4.9, -4.2, 0.0), 6.0, world_b, ORIGIN_B, (-1, 0, 0, 0, -1, 0, 0, 0, 1)),
         "C": ((-3.5, 2.8, 0.0), 6.0, world_c, ORIGIN_C, (0, 1, 0, -1, 0, 0, 0, 0, 1)),
     }
     rows = ["seriesuid,coordX,coordY,coordZ,diameter_mm"]
@@ -131,8 +131,8 @@ def make_luna16(root: Path, ratings_a=(3, 4, 2), ratings_b=(3, 3, 4)) -> dict:
     (root / "annotations.csv").write_text("\n".join(rows) + "\n")
 
     # Reader pixel coordinates = the scan's own (i, j) index of the centre, z = world z of slice k.
-    pixel = {"A": ((-2.8 - ORIGIN_A[0]) / 0.7, (1.4 - ORIGIN_A[1]) / 0.7),
-             "B": ((ORIGIN_B[0] - 2.1) / 0.7, (ORIGIN_B[1] + 1.4) / 0.7)}
+    pixel = {"A": ((-5.6 - ORIGIN_A[0]) / 0.7, (4.2 - ORIGIN_A[1]) / 0.7),   # (8, 22)
+             "B": ((ORIGIN_B[0] - 4.9) / 0.7, (ORIGIN_B[1] + 4.2) / 0.7)}   # (9, 22)
     xml_dir = root / "tcia-lidc-xml" / "185"
     xml_dir.mkdir(parents=True)
     for n, (name, ratings) in enumerate((("A", ratings_a), ("B", ratings_b))):

@@ -11,8 +11,8 @@ series (XML from ``opts.lidc_xml`` or ``<root>/tcia-lidc-xml``, selected by ``Se
 == mhd stem): a reader nodule's centre is the mean of its contour points, with the XML pixel
 coordinates (xCoord = column = index i, yCoord = row = index j) and ``imageZposition`` turned into
 world mm through the volume's own geometry (so a flipped TransformMatrix is handled). For every
-reader, its nearest rated nodule within ``max(diameter, 3 mm)`` of the annotation centre gives that
-reader's rating; the ratings go through the LIDC rule (``opts.label_rule``).
+reader, its nearest rated nodule within ``max(diameter / 2, 3 mm)`` of the annotation centre gives
+that reader's rating (DATASETS.md 2.7: the reader centroid must lie inside the LUNA16 sphere); the ratings go through the LIDC rule (``opts.label_rule``).
 
 Patient id = seriesuid (LUNA16 carries no patient id). A scan with no annotation rows has no label
 and is skipped (reported); a scan whose nodules match no rating gets patient label ``None``.
@@ -170,6 +170,11 @@ def reader_nodule_centre(volume: Volume, nodule) -> np.ndarray | None:
     return np.asarray(index_to_world(volume, tuple(float(c) for c in centre_kji)), float)
 
 
+def match_tolerance(diameter_mm: float) -> float:
+    """How far (mm) a reader's nodule centre may lie from a LUNA16 annotation centre."""
+    return max(float(diameter_mm) / 2.0, MIN_MATCH_TOLERANCE_MM)
+
+
 def match_ratings(volume: Volume, annotations: list[dict], reader_nodules: list) -> list[list[int]]:
     """Per annotation, the malignancy ratings of the readers whose nodule lies on it.
 
@@ -177,7 +182,7 @@ def match_ratings(volume: Volume, annotations: list[dict], reader_nodules: list)
     contributes at most one rating per annotation, from its nodule closest to that annotation.
     """
     centres = np.array([[a["x"], a["y"], a["z"]] for a in annotations], float).reshape(-1, 3)
-    tolerances = np.array([max(a["diameter_mm"], MIN_MATCH_TOLERANCE_MM) for a in annotations])
+    tolerances = np.array([match_tolerance(a["diameter_mm"]) for a in annotations])
     best: dict[tuple[int, object], tuple[float, int]] = {}  # (annotation, reader) -> (dist, rating)
     for nodule in reader_nodules:
         rating = getattr(nodule, "malignancy", None)
@@ -284,7 +289,7 @@ class Luna16Adapter(Adapter):
             label = lidc_nodule_label(nodule_ratings, rule=rule) if nodule_ratings else None
             if xml_paths and not nodule_ratings:
                 notes.append(f"nodule {n}: no LIDC reader rating within "
-                             f"{max(nodule['diameter_mm'], MIN_MATCH_TOLERANCE_MM):.1f} mm")
+                             f"{match_tolerance(nodule['diameter_mm']):.1f} mm")
             elif nodule_ratings:
                 notes.append(f"nodule {n}: ratings {sorted(nodule_ratings)} -> label {label}")
             ks = paint_ball(mask, volume, (nodule["x"], nodule["y"], nodule["z"]), nodule["diameter_mm"])

@@ -1,0 +1,159 @@
+"""Training presets: ``paper`` (the paper's Tables 3-5) and ``cpu`` (a useful model in minutes here).
+
+A preset is a plain dict; ``lungcad.config.resolve`` copies it, fills the architecture-specific
+values (``lr: None`` -> the model's default rate) and applies the user's overrides. Every key can be
+overridden (``train_segmenter(..., overrides={"batch_size": 4})``; for classification phase keys use
+``{"phase1": {"epochs": 3}}`` or the dotted form ``{"phase1.epochs": 3}``).
+
+Keys shared by both tasks:
+  seed, deterministic, precision ("auto": bf16/16-mixed on CUDA, 32 on CPU), accelerator, devices,
+  num_nodes, strategy, num_workers (None: 0 on CPU, 4 on CUDA), log_every_n_steps.
+"""
+
+from __future__ import annotations
+
+import copy
+
+_COMMON = {
+    "seed": 42,
+    "deterministic": True,
+    "precision": "auto",
+    "accelerator": "auto",
+    "devices": "auto",
+    "num_nodes": 1,
+    "strategy": "auto",
+    "num_workers": None,
+    "log_every_n_steps": 10,
+}
+
+# Segmentation. Table 4 for the paper preset.
+#   image_size: slices are resized to this (training, validation and prediction alike).
+#   train_crop: train on random windows of that side cut from the resized slice (None: whole slice);
+#     nodule_crop_p: probability that the window contains the nodule.
+#   negatives: nodule-free slices per nodule slice, drawn from the same series (0: annotated slices
+#     only, as the paper's 7,061 annotated slices).
+#   oof_folds / oof_epochs: out-of-fold models for leakage-free predicted masks (see train/oof.py).
+SEGMENTATION = {
+    "paper": {
+        **_COMMON,
+        "image_size": 256,
+        "train_crop": None,
+        "nodule_crop_p": 0.0,
+        "negatives": 0.0,
+        "batch_size": 8,
+        "val_batch_size": 16,
+        "epochs": 70,
+        "lr": None,  # DEFAULT_LR[arch] (Table 4: 4e-4 UNAR, 1e-4 Res34UNetV2)
+        "lr_scale": 1.0,
+        "weight_decay": 2e-5,
+        "bce_weight": 0.52,
+        "dice_weight": 0.48,
+        "plateau_patience": 7,
+        "plateau_factor": 0.5,
+        "early_stopping_patience": 13,
+        "augmentation": "paper",
+        "max_train_slices": None,
+        "oof_folds": 5,
+        "oof_epochs": 70,
+    },
+    "cpu": {
+        **_COMMON,
+        "image_size": 256,
+        "train_crop": 96,
+        "nodule_crop_p": 0.9,
+        "negatives": 0.25,
+        "batch_size": 8,
+        "val_batch_size": 16,
+        "epochs": 12,
+        "lr": None,
+        "lr_scale": 2.5,  # short schedule: a higher rate than the paper's converges in a few epochs
+        "weight_decay": 2e-5,
+        "bce_weight": 0.52,
+        "dice_weight": 0.48,
+        "plateau_patience": 3,
+        "plateau_factor": 0.5,
+        "early_stopping_patience": None,
+        "augmentation": "light",
+        "max_train_slices": None,
+        "oof_folds": 2,
+        "oof_epochs": 6,
+    },
+}
+
+# Classification: two phases (Table 5). Phase 1 on ground-truth masks, phase 2 on predicted masks.
+#   input_size / crop: the seven-channel features (recorded in model.json for prediction).
+#   max_slices_per_patient: nodule slices kept per patient (None: all).
+#   freeze_epochs: encoder frozen for the first N epochs of the phase.
+#   scheduler: "warmup_cosine" (LinearLR warm-up then CosineAnnealingLR) | "onecycle".
+_PHASE1_PAPER = {
+    "epochs": 90,
+    "batch_size": 8,
+    "val_batch_size": 32,
+    "lr": None,  # DEFAULT_LR[arch][phase] (Table 5: e.g. 3e-4 phase 1, 2e-4 phase 2)
+    "lr_scale": 1.0,
+    "weight_decay": 2e-3,
+    "loss": "focal",
+    "focal_alpha": 0.56,
+    "focal_gamma": 2.0,
+    "label_smoothing": 0.1,
+    "focal_weight": 1.0,
+    "bce_weight": 0.0,
+    "scheduler": "warmup_cosine",
+    "warmup_epochs": 5,
+    "warmup_start_factor": 0.1,
+    "pct_start": 0.1,
+    "freeze_epochs": 7,
+    "accumulate_grad_batches": 1,
+    "mixup_alpha": 0.0,
+    "early_stopping_patience": None,
+}
+_PHASE2_PAPER = {
+    **_PHASE1_PAPER,
+    "loss": "combo",
+    "focal_alpha": 0.25,
+    "label_smoothing": 0.05,
+    "focal_weight": 0.7,
+    "bce_weight": 0.3,
+    "scheduler": "onecycle",
+    "freeze_epochs": 10,
+    "accumulate_grad_batches": 4,
+    "mixup_alpha": 0.2,
+}
+
+CLASSIFICATION = {
+    "paper": {
+        **_COMMON,
+        "input_size": 224,
+        "crop": 64,
+        "max_slices_per_patient": None,
+        "augmentation": "paper",
+        "weighted_sampler": True,
+        "phase1": _PHASE1_PAPER,
+        "phase2": _PHASE2_PAPER,
+    },
+    "cpu": {
+        **_COMMON,
+        "input_size": 128,
+        "crop": 64,
+        "max_slices_per_patient": 4,
+        "augmentation": "light",
+        "weighted_sampler": True,
+        "phase1": {**_PHASE1_PAPER, "epochs": 4, "warmup_epochs": 1, "freeze_epochs": 1,
+                   "lr_scale": 3.0},
+        "phase2": {**_PHASE2_PAPER, "epochs": 3, "freeze_epochs": 1, "accumulate_grad_batches": 1,
+                   "lr_scale": 2.5},
+    },
+}
+
+PRESETS = {"segmentation": SEGMENTATION, "classification": CLASSIFICATION}
+
+
+def preset(task: str, name: str) -> dict:
+    """A deep copy of preset ``name`` for ``task`` (``segmentation`` | ``classification``)."""
+    from ..errors import LungcadError
+
+    if task not in PRESETS:
+        raise LungcadError(f"unknown task {task!r}; valid: {', '.join(PRESETS)}")
+    if name not in PRESETS[task]:
+        raise LungcadError(f"unknown preset {name!r}; valid: {', '.join(PRESETS[task])}")
+    return copy.deepcopy(PRESETS[task][name])
