@@ -427,3 +427,38 @@ def test_lndb_csv_missing_column_and_bad_mask(tmp_path):
         adapter.load(tasks["LNDb-0002"], IngestOptions())
     with pytest.raises(InputError, match="LNDb-0001.mhd"):
         adapter.load(tasks["LNDb-0001"], IngestOptions())
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_run_ingest_end_to_end_manifest_rows(tmp_path):
+    import pandas as pd
+
+    from lungcad.ingest import run_ingest
+
+    fx = make_luna16(tmp_path / "luna16")
+    make_msd(tmp_path / "msd")
+    make_lndb(tmp_path / "lndb")
+    out = tmp_path / "bench"
+    report = run_ingest({"luna16": tmp_path / "luna16", "msd-lung": tmp_path / "msd", "lndb": tmp_path / "lndb"},
+                        out, IngestOptions(), progress=False)
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    labels = manifest.groupby("patient_id")["label"].agg(set).to_dict()
+    uid = fx["uids"]
+    assert labels == {f"luna16/{uid['A']}": {"0"}, f"luna16/{uid['B']}": {"1"},
+                      "msd-lung/lung_001": {"1"}, "msd-lung/lung_002": {"1"},
+                      "lndb/LNDb-0001": {"0"}, "lndb/LNDb-0002": {"1"}}
+    # Every series contributes all its slices; masks exist where the source has them.
+    assert (manifest.groupby("patient_id").size() == SHAPE_ZYX[0]).all()
+    by_source = manifest.groupby("dataset")["mask_source"].agg(set).to_dict()
+    assert by_source == {"luna16": {"gt"}, "msd-lung": {"gt", "none"}, "lndb": {"gt"}}
+    flipped = manifest[manifest.patient_id == f"luna16/{uid['B']}"].set_index("slice_index")
+    assert int(flipped.loc["8", "nodule_area_px"]) > 0 and flipped.loc["8", "nodule_label"] == "1"
+    assert int(flipped.loc["0", "nodule_area_px"]) == 0
+    assert (manifest[manifest.patient_id == "msd-lung/lung_002"].mask_path == "").all()
+    assert all((out / p).is_file() for p in manifest.image_path)
+    # Reported: LUNA16 scan without nodule skipped, scan without ratings excluded, LNDb test CT skipped.
+    luna = report["sources"]["luna16"]
+    assert any(uid["D"] in s["item"] for s in luna["skipped"])
+    assert [e["patient_id"] for e in luna["excluded_patients"]] == [f"luna16/{uid['C']}"]
+    assert any("LNDb-0003" in s["item"] for s in report["sources"]["lndb"]["skipped"])

@@ -28,7 +28,7 @@ from lungcad.errors import InputError
 from lungcad.ingest.base import Adapter, LoadedSeries, SeriesTask, Skip
 from lungcad.ingest.labels import unify_patient
 from lungcad.ingest.luna16 import load_volume, mhd_problem, read_csv_checked, slice_labels
-from lungcad.ingest.msd import grid_mismatch
+from lungcad.ingest.msd import grid_mismatch, load_label_map
 
 SOURCE = "lndb"
 GT_COLUMNS = ("LNDbID", "RadID", "RadFindingID", "FindingID", "x", "y", "z", "Nodule")
@@ -195,18 +195,18 @@ class LndbAdapter(Adapter):
 
     @staticmethod
     def _reader_masks(paths: dict, volume, notes: list[str]) -> dict[int, np.ndarray]:
-        """Integer label map of every reader whose mask file exists, checked against the CT grid."""
+        """Label map (voxel = FindingID) of every reader whose mask file exists, on the CT grid."""
         masks = {}
         for rad, path in paths.items():
             path = Path(path)
             if not path.is_file():
                 notes.append(f"reader {rad}: mask {path.name} missing")
                 continue
-            reader = load_volume(path)
+            reader = load_label_map(path)
             problem = grid_mismatch(volume, reader)
             if problem:
                 raise InputError(f"{path}: mask grid differs from its CT: {problem}")
-            masks[int(rad)] = np.rint(np.asarray(reader.array)).astype(np.int32)
+            masks[int(rad)] = np.asarray(reader.array)
         return masks
 
     @staticmethod

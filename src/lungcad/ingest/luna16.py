@@ -12,7 +12,10 @@ series (XML from ``opts.lidc_xml`` or ``<root>/tcia-lidc-xml``, selected by ``Se
 coordinates (xCoord = column = index i, yCoord = row = index j) and ``imageZposition`` turned into
 world mm through the volume's own geometry (so a flipped TransformMatrix is handled). For every
 reader, its nearest rated nodule within ``max(diameter / 2, 3 mm)`` of the annotation centre gives
-that reader's rating (DATASETS.md 2.7: the reader centroid must lie inside the LUNA16 sphere); the ratings go through the LIDC rule (``opts.label_rule``).
+that reader's rating (DATASETS.md 2.7: the reader centroid must lie inside the LUNA16 sphere);
+the ratings go through the LIDC rule (``opts.label_rule``). The XML pixel convention assumes the
+.mhd array keeps the DICOM pixel order (as LUNA16's conversion did); only the header direction
+differs between scans.
 
 Patient id = seriesuid (LUNA16 carries no patient id). A scan with no annotation rows has no label
 and is skipped (reported); a scan whose nodules match no rating gets patient label ``None``.

@@ -14,11 +14,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from lungcad.errors import InputError
 from lungcad.ingest.base import Adapter, LoadedSeries, SeriesTask, Skip
 from lungcad.ingest.luna16 import load_volume, slice_labels
-from lungcad.io import Volume
+from lungcad.io import Volume, volume_from_sitk
 
 SOURCE = "msd-lung"
 TASK_FOLDER = "Task06_Lung"
@@ -35,6 +36,20 @@ def case_name(path: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def load_label_map(path: Path) -> Volume:
+    """A label image (NIfTI or MetaImage) in its stored integer type, not widened to float32 like
+    CT volumes: a reader mask of a 512x512x300 CT stays at 75 MB. ``InputError`` if unreadable."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "rror" in ln or "annot" in ln), lines[-1] if lines else "")
+        raise InputError(f"{path}: unreadable label image ({detail[:160]})") from None
+    return volume_from_sitk(image, {"source": str(path)})
 
 
 def grid_mismatch(image: Volume, label: Volume) -> str | None:
@@ -104,7 +119,7 @@ class MsdLungAdapter(Adapter):
         if not label_path:
             return LoadedSeries(volume=volume, mask=None, mask_source="none", patient_label=1,
                                 nodule_label=None, notes=["test case: no label map"])
-        label = load_volume(Path(label_path))
+        label = load_label_map(Path(label_path))
         problem = grid_mismatch(volume, label)
         if problem:
             raise InputError(f"{label_path}: label grid differs from its image: {problem}")

@@ -1,0 +1,198 @@
+"""Leaderboards from evaluated run folders: the paper's Table 6 (segmentation) and Table 7 (classification).
+
+Each run must have been evaluated (``RUN/metrics.json``, written by ``lungcad evaluate``). The
+paper's columns come first, then ours: confidence intervals, Dice on nodule slices only, the
+false-positive rate on nodule-free slices, 3D Dice, and the nodule-diameter baseline for classifiers.
+Rows are ranked by the headline metric (test Dice over all slices; patient-level test AUC), best
+first, runs without a value last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import LungcadError
+
+# Architecture names (CLI) -> the paper's display names (Tables 6 and 7).
+DISPLAY_NAMES = {
+    "unar": "UNAR",
+    "res34-unetv2": "Res34UNetV2",
+    "segformer": "SegFormer",
+    "unetplusplus": "UNetPlusPlus",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "lightunet": "LightUNet",
+    "efficientnet-b3": "EfficientNet-B3",
+    "maxvit-tiny": "MaxViT-Tiny",
+    "maxvit-large": "MaxViT-Large",
+    "vit-small": "ViT-Small",
+    "convnext-tiny": "ConvNeXt-Tiny",
+    "efficientnetv2-s": "EfficientNetV2-S",
+    "coatnet-0": "CoAtNet-0",
+    "mobilenetv3-large": "MobileNetV3-Large",
+    "nodulefusionnet-b0": "NoduleFusionNet-B0",
+    "nodulefusionnet-v2": "NoduleFusionNet-V2",
+    "nodule-hyperfusionnet": "NoduleHyperFusionNet",
+}
+
+MISSING = "–"
+
+
+def display_name(arch: str) -> str:
+    """The paper's name for an architecture (the CLI name when the paper has none)."""
+    return DISPLAY_NAMES.get(arch, arch)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _num(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if _finite(value) else MISSING
+
+
+def _with_ci(value, ci, digits: int = 4) -> str:
+    if not _finite(value):
+        return MISSING
+    if ci and len(ci) == 2 and all(_finite(c) for c in ci):
+        return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return f"{value:.{digits}f}"
+
+
+def _p_value(p) -> str:
+    if not _finite(p):
+        return MISSING
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _read_json(path: Path, run: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LungcadError(f"{path}: invalid JSON ({exc})") from exc
+    except OSError as exc:
+        raise LungcadError(f"{run}: cannot read {what} ({exc})") from exc
+
+
+def load_run_metrics(run: str | Path) -> dict:
+    """``RUN/metrics.json`` with ``arch``/``task`` filled from ``RUN/model.json`` when missing."""
+    run = Path(run)
+    metrics_path = run / "metrics.json"
+    if not metrics_path.is_file():
+        raise LungcadError(f"{run}: no metrics.json; run `lungcad evaluate {run}` first")
+    metrics = _read_json(metrics_path, run, "metrics.json")
+    model_json = run / "model.json"
+    if model_json.is_file():
+        info = _read_json(model_json, run, "model.json")
+        metrics.setdefault("arch", info.get("arch"))
+        metrics.setdefault("task", info.get("task"))
+    if metrics.get("task") not in ("segmentation", "classification"):
+        raise LungcadError(f"{metrics_path}: unknown task {metrics.get('task')!r}")
+    metrics["_run"] = run.name or str(run)
+    return metrics
+
+
+def _split(metrics: dict, name: str) -> dict:
+    return (metrics.get("results") or {}).get(name) or {}
+
+
+def _rank(rows: list[tuple[float, list[str]]]) -> list[list[str]]:
+    """Sort by key, best first; rows without a finite key go last in their given order."""
+    ranked = sorted((r for r in rows if _finite(r[0])), key=lambda r: -r[0])
+    return [cells for _, cells in ranked] + [cells for key, cells in rows if not _finite(key)]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def segmentation_table(runs_metrics: list[dict]) -> str:
+    """Table 6 plus our columns, from the metrics of evaluated segmentation runs."""
+    header = [
+        "Model", "Validation Dice", "Test Dice", "Test Dice, nodule slices [95% CI]", "Test IoU, nodule slices",
+        "FP rate, empty slices", "Test 3D Dice", "Test patients", "Run",
+    ]
+    rows = []
+    for m in runs_metrics:
+        val, test = _split(m, "val"), _split(m, "test")
+        ci = test.get("ci") or {}
+        cells = [
+            display_name(m.get("arch", "?")),
+            _num(val.get("dice_all")),
+            _num(test.get("dice_all")),
+            _with_ci(test.get("dice_nodule"), ci.get("dice_nodule")),
+            _num(test.get("iou_nodule")),
+            _num(test.get("fp_rate_empty")),
+            _num(test.get("dice_3d")),
+            str(test.get("n_patients", MISSING)),
+            m["_run"],
+        ]
+        rows.append((test.get("dice_all"), cells))
+    note = (
+        "Dice over all evaluated slices (an empty prediction on an empty slice scores 1) for the paper's "
+        "columns; nodule slices = slices with a nodule in the reference mask. 95% CIs: patient bootstrap."
+    )
+    return "### Segmentation (Table 6)\n\n" + _markdown(header, _rank(rows)) + "\n\n" + note + "\n"
+
+
+def _classification_cells(m: dict) -> tuple[float, list[str]]:
+    test = _split(m, "test")
+    headline = test.get("headline")
+    result = test.get(headline) or {}
+    ci = result.get("ci") or {}
+    baseline = test.get("baseline_diameter") or {}
+    versus = test.get("vs_baseline") or {}
+    cells = [
+        display_name(m.get("arch", "?")),
+        _with_ci(result.get("accuracy"), ci.get("accuracy")),
+        _with_ci(result.get("f1"), ci.get("f1")),
+        _with_ci(result.get("auc"), ci.get("auc")),
+        _with_ci(baseline.get("auc"), baseline.get("auc_ci")),
+        _p_value(versus.get("p")),
+        {"predicted_masks": "predicted", "gt_masks": "ground truth"}.get(headline, MISSING),
+        str(result.get("n", MISSING)),
+        m["_run"],
+    ]
+    return result.get("auc"), cells
+
+
+def classification_table(runs_metrics: list[dict]) -> str:
+    """Table 7 plus our columns, from the metrics of evaluated classification runs."""
+    header = [
+        "Model", "Accuracy [95% CI]", "F1 Score [95% CI]", "AUC [95% CI]", "Diameter baseline AUC",
+        "p vs baseline", "Masks", "Test patients", "Run",
+    ]
+    rows = [_classification_cells(m) for m in runs_metrics]
+    note = (
+        "Patient level (mean of slice probabilities, threshold 0.5) on the test split. AUC CIs: DeLong; "
+        "accuracy and F1 CIs: patient bootstrap. Baseline: logistic regression on the largest nodule "
+        "diameter; p: DeLong test of the two correlated ROC curves."
+    )
+    return "### Classification (Table 7)\n\n" + _markdown(header, _rank(rows)) + "\n\n" + note + "\n"
+
+
+def leaderboard(runs, out: str | Path | None = None) -> str:
+    """Markdown leaderboard of evaluated runs: one table per task present. Writes ``out`` if given."""
+    runs = list(runs)
+    if not runs:
+        raise LungcadError("leaderboard: give at least one run folder")
+    metrics = [load_run_metrics(r) for r in runs]
+    tables = []
+    seg = [m for m in metrics if m["task"] == "segmentation"]
+    cls = [m for m in metrics if m["task"] == "classification"]
+    if seg:
+        tables.append(segmentation_table(seg))
+    if cls:
+        tables.append(classification_table(cls))
+    text = "\n".join(tables)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    return text

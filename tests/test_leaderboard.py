@@ -1,0 +1,82 @@
+"""Leaderboard from hand-written metrics.json files."""
+
+import json
+
+import pytest
+
+from lungcad.errors import LungcadError
+from lungcad.leaderboard import leaderboard
+
+
+def _seg_run(path, arch, val_dice, test_dice, nodule_dice):
+    path.mkdir()
+    (path / "model.json").write_text(json.dumps({"task": "segmentation", "arch": arch}))
+    metrics = {
+        "task": "segmentation",
+        "results": {
+            "val": {"dice_all": val_dice},
+            "test": {
+                "dice_all": test_dice, "dice_nodule": nodule_dice, "iou_nodule": 0.5, "fp_rate_empty": 0.125,
+                "dice_3d": 0.61, "n_patients": 12, "ci": {"dice_nodule": [nodule_dice - 0.1, nodule_dice + 0.05]},
+            },
+        },
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+def _cls_run(path, arch, auc):
+    path.mkdir()
+    (path / "model.json").write_text(json.dumps({"task": "classification", "arch": arch}))
+    metrics = {
+        "task": "classification",
+        "results": {
+            "test": {
+                "headline": "predicted_masks",
+                "predicted_masks": {"accuracy": 0.75, "f1": 0.8, "auc": auc, "n": 20,
+                                    "ci": {"accuracy": [0.55, 0.9], "auc": [auc - 0.1, min(1.0, auc + 0.1)]}},
+                "baseline_diameter": {"auc": 0.66, "auc_ci": [0.4, 0.9]},
+                "vs_baseline": {"p": 0.0004},
+            }
+        },
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+def test_segmentation_rows_ranked_with_paper_names(tmp_path):
+    light = _seg_run(tmp_path / "r_light", "lightunet", 0.97, 0.9732, 0.70)
+    unar = _seg_run(tmp_path / "r_unar", "unar", 0.984, 0.9827, 0.80)
+    text = leaderboard([light, unar])
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| Model | Validation Dice | Test Dice")
+    assert lines[1].startswith("| UNAR | 0.9840 | 0.9827 | 0.8000 [0.7000, 0.8500]")
+    assert lines[2].startswith("| LightUNet | 0.9700 | 0.9732")
+    assert "Classification" not in text
+
+
+def test_mixed_runs_give_two_tables_and_file(tmp_path):
+    seg = _seg_run(tmp_path / "seg", "unar", 0.9, 0.8, 0.7)
+    a = _cls_run(tmp_path / "cls_a", "efficientnet-b3", 0.81)
+    b = _cls_run(tmp_path / "cls_b", "nodule-hyperfusionnet", 0.93)
+    out = tmp_path / "board" / "leaderboard.md"
+    text = leaderboard([a, seg, b], out=out)
+    assert out.read_text() == text
+    assert text.index("Segmentation") < text.index("Classification")
+    cls_part = text[text.index("Classification"):]
+    assert cls_part.index("NoduleHyperFusionNet") < cls_part.index("EfficientNet-B3")
+    row = next(line for line in cls_part.splitlines() if line.startswith("| NoduleHyperFusionNet"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "0.7500 [0.5500, 0.9000]"
+    assert cells[2] == "0.8000"  # no CI given -> value only
+    assert cells[3] == "0.9300 [0.8300, 1.0000]"
+    assert cells[4] == "0.6600 [0.4000, 0.9000]"
+    assert cells[5] == "<0.001" and cells[6] == "predicted"
+
+
+def test_unevaluated_run_is_named_in_error(tmp_path):
+    run = tmp_path / "not_evaluated"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps({"task": "segmentation", "arch": "unar"}))
+    with pytest.raises(LungcadError, match="not_evaluated.*lungcad evaluate"):
+        leaderboard([run])

@@ -1,0 +1,220 @@
+"""The classifier zoo: every registered model, encoder freezing, channel routing, ONNX export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from lungcad.errors import LungcadError
+from lungcad.models.classification import (
+    CLASSIFIERS,
+    DEFAULT_LR,
+    TIMM_NAMES,
+    create_classifier,
+    encoder_parameters,
+    freeze_encoder,
+    head_parameters,
+    is_encoder_frozen,
+)
+from lungcad.models.fusion import NoduleFusionNet, NoduleHyperFusionNet
+
+SLOW = {"maxvit-large"}  # ~210 M parameters: about 15 s for one forward + backward on one thread
+FUSION = {"nodulefusionnet-b0", "nodulefusionnet-v2", "nodule-hyperfusionnet"}
+ELEVEN = {
+    "efficientnet-b3", "maxvit-tiny", "maxvit-large", "vit-small", "convnext-tiny", "efficientnetv2-s",
+    "coatnet-0", "mobilenetv3-large", "nodulefusionnet-b0", "nodulefusionnet-v2", "nodule-hyperfusionnet",
+}  # fmt: skip
+
+
+def batch(n=2, channels=7, seed=0):
+    return torch.rand(n, channels, 224, 224, generator=torch.Generator().manual_seed(seed))
+
+
+def stem_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The first convolution's weight of each backbone (one for timm models, one per stream)."""
+    backbones = model.encoder_modules() if hasattr(model, "encoder_modules") else [model]
+    return [next(p for p in b.parameters() if p.ndim == 4) for b in backbones]
+
+
+def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
+    encoder = {id(p) for p in encoder_parameters(model)}
+    return [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m.weight) in encoder
+    ]  # fmt: skip
+
+
+def test_registry_has_the_eleven_paper_models():
+    assert set(CLASSIFIERS) == ELEVEN
+    assert set(DEFAULT_LR) == ELEVEN
+    assert DEFAULT_LR["efficientnet-b3"] == {1: 3e-4, 2: 2e-4}  # Table 5's example rates
+
+
+@pytest.fixture(
+    scope="class",
+    params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CLASSIFIERS],
+)
+def built(request):
+    torch.manual_seed(0)
+    return request.param, create_classifier(request.param)
+
+
+class TestEveryClassifier:
+    def test_forward_backward(self, built):
+        name, model = built
+        model.train()
+        model.zero_grad()
+        logits = model(batch())
+        assert logits.shape == (2, 1)
+        assert torch.isfinite(logits).all()
+        logits.sum().backward()
+        for weight in stem_weights(model):
+            assert weight.grad is not None and weight.grad.abs().sum() > 0
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, f"{name}: parameters outside the graph: {missing[:5]}"
+
+    def test_freeze_encoder_trains_only_the_head(self, built):
+        name, model = built
+        try:
+            freeze_encoder(model, True)
+            model.train()  # a trainer calls this every epoch: frozen BatchNorms must stay in eval
+            assert is_encoder_frozen(model)
+            head = {id(p) for p in head_parameters(model)}
+            trainable = {id(p) for p in model.parameters() if p.requires_grad}
+            assert trainable == head and head
+            assert len(encoder_parameters(model)) > 0
+
+            norms = frozen_batchnorms(model)
+            if name not in {"vit-small", "convnext-tiny"}:  # LayerNorm-only encoders have none
+                assert norms, name
+            before = [n.running_mean.clone() for n in norms]
+            model.zero_grad()
+            model(batch(seed=1)).sum().backward()
+            for norm, old in zip(norms, before):
+                assert torch.equal(norm.running_mean, old)
+            assert all(p.grad is None for p in encoder_parameters(model))
+            assert all(p.grad is not None for p in head_parameters(model))
+        finally:
+            freeze_encoder(model, False)
+        model.train()
+        assert not is_encoder_frozen(model)
+        assert all(p.requires_grad for p in model.parameters())
+        norms = frozen_batchnorms(model)
+        if norms:  # unfrozen again: a training-mode forward moves the statistics
+            before = norms[0].running_mean.clone()
+            with torch.no_grad():
+                model(batch(seed=2))
+            assert not torch.equal(norms[0].running_mean, before)
+
+
+def test_hyperfusion_head_includes_fusion_blocks():
+    model = create_classifier("nodule-hyperfusionnet")
+    head = {id(p) for p in head_parameters(model)}
+    for module in (model.fusions, model.projections, model.final_block, model.pool, model.classifier):
+        assert all(id(p) in head for p in module.parameters())
+    assert not any(id(p) in head for p in model.global_stream.parameters())
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(LungcadError, match="efficientnet-b3") as info:
+        create_classifier("resnet-9000")
+    assert "resnet-9000" in str(info.value)
+
+
+def test_other_in_chans_for_a_timm_model():
+    model = create_classifier("mobilenetv3-large", in_chans=3, num_classes=2).eval()
+    with torch.no_grad():
+        assert model(batch(channels=3)).shape == (2, 2)
+    assert model.conv_stem.in_channels == 3
+
+
+def test_fusion_model_refuses_too_few_channels():
+    with pytest.raises(LungcadError, match="channel"):
+        create_classifier("nodule-hyperfusionnet", in_chans=3)
+
+
+def test_none_kwargs_are_dropped_and_others_passed():
+    default = create_classifier("mobilenetv3-large", drop_rate=None)
+    assert default.drop_rate == 0.2  # timm's own default survives a CLI None
+    assert create_classifier("mobilenetv3-large", drop_rate=0.5).drop_rate == 0.5
+    assert TIMM_NAMES["mobilenetv3-large"] == default.pretrained_cfg["architecture"]
+
+
+def test_local_weights_are_loaded(tmp_path):
+    torch.manual_seed(1)
+    source = create_classifier("mobilenetv3-large")
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    torch.manual_seed(2)
+    loaded = create_classifier("mobilenetv3-large", weights=str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    with pytest.raises(LungcadError, match="w.safetensors"):
+        create_classifier("efficientnet-b3", weights=str(path))
+
+
+def _perturbed(x: torch.Tensor, channel: int) -> torch.Tensor:
+    y = x.clone()
+    y[:, channel] = torch.rand(y[:, channel].shape, generator=torch.Generator().manual_seed(99))
+    return y
+
+
+def test_hyperfusion_routes_channels_as_specified():
+    """Global stream: channel 0; local stream: channels 2, 3, 4; channels 1, 5, 6 unused."""
+    torch.manual_seed(0)
+    model = create_classifier("nodule-hyperfusionnet").eval()
+    x = batch(seed=3)
+    with torch.no_grad():
+        reference = model(x)
+        for channel in (1, 5, 6):
+            assert torch.equal(model(_perturbed(x, channel)), reference), channel
+        for channel in (0, 2, 3, 4):
+            assert not torch.allclose(model(_perturbed(x, channel)), reference, atol=1e-6), channel
+
+
+def test_hyperfusion_streams_see_their_channels():
+    """The global stream receives channel 0 three times, the local stream channels 2-4 in order."""
+    model = NoduleHyperFusionNet(backbone="test_efficientnet").eval()
+    seen = {}
+    model.global_stream.register_forward_pre_hook(lambda m, args: seen.__setitem__("g", args[0]))
+    model.local_stream.register_forward_pre_hook(lambda m, args: seen.__setitem__("l", args[0]))
+    x = batch(seed=4)
+    with torch.no_grad():
+        model(x)
+    assert torch.equal(seen["g"], x[:, [0, 0, 0]])
+    assert torch.equal(seen["l"], x[:, [2, 3, 4]])
+
+
+def test_fusionnet_uses_every_channel_in_its_group():
+    torch.manual_seed(0)
+    model = NoduleFusionNet(backbone="test_efficientnet").eval()
+    assert [s.conv_stem.in_channels for s in model.streams] == [2, 3, 2]
+    x = batch(seed=5)
+    with torch.no_grad():
+        reference = model(x)
+        for channel in range(7):
+            assert not torch.allclose(model(_perturbed(x, channel)), reference, atol=1e-7), channel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nodule-hyperfusionnet", "efficientnet-b3"])
+def test_onnx_export_matches_torch(tmp_path, name):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = create_classifier(name).eval()
+    x = batch(n=2, seed=6)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(
+        model, (x,), str(path), dynamo=False, opset_version=17,
+        input_names=["features"], output_names=["logits"],
+        dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}},
+    )  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (2, 1):  # also a batch size other than the traced one
+        with torch.no_grad():
+            expected = model(x[:n]).numpy()
+        (got,) = session.run(None, {"features": x[:n].numpy()})
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
