@@ -137,10 +137,14 @@ def test_fusion_model_refuses_too_few_channels():
 
 
 def test_none_kwargs_are_dropped_and_others_passed():
-    default = create_classifier("mobilenetv3-large", drop_rate=None)
-    assert default.drop_rate == 0.2  # timm's own default survives a CLI None
+    tiny = {"backbone": "test_efficientnet"}
+    default = create_classifier("nodulefusionnet-b0", drop_rate=None, embed_dim=None, **tiny)
+    assert default.head[0].p == 0.3 and default.num_features == 256  # model defaults survive None
+    chosen = create_classifier("nodulefusionnet-b0", drop_rate=0.1, embed_dim=64, **tiny)
+    assert chosen.head[0].p == 0.1 and chosen.num_features == 64
     assert create_classifier("mobilenetv3-large", drop_rate=0.5).drop_rate == 0.5
-    assert TIMM_NAMES["mobilenetv3-large"] == default.pretrained_cfg["architecture"]
+    timm_model = create_classifier("mobilenetv3-large")
+    assert TIMM_NAMES["mobilenetv3-large"] == timm_model.pretrained_cfg["architecture"]
 
 
 def test_local_weights_are_loaded(tmp_path):
@@ -218,3 +222,10 @@ def test_onnx_export_matches_torch(tmp_path, name):
             expected = model(x[:n]).numpy()
         (got,) = session.run(None, {"features": x[:n].numpy()})
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_hyperfusion_accepts_sizes_that_are_not_multiples_of_32():
+    model = NoduleHyperFusionNet(backbone="test_efficientnet").eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 7, 200, 200))
+    assert out.shape == (1, 1) and torch.isfinite(out).all()

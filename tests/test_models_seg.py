@@ -71,6 +71,15 @@ class TestEverySegmenter:
             logits = model(torch.randn(1, 1, SIZE, SIZE + 32))
         assert logits.shape == (1, 2, SIZE, SIZE + 32)
 
+    def test_mixed_precision_forward_backward(self, arch):
+        # CPU autocast (bfloat16) exercises the same dtype paths as CUDA float16 autocast.
+        model = create_segmenter(arch).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(torch.randn(2, 1, SIZE, SIZE))
+        assert logits.shape == (2, 1, SIZE, SIZE) and torch.isfinite(logits).all()
+        logits.float().mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
     def test_eval_mode_is_deterministic(self, arch):
         model = calibrate(create_segmenter(arch))
         x = torch.randn(2, 1, SIZE, SIZE)
@@ -263,7 +272,9 @@ def test_attention_gate_rescales_skip_by_coefficients_in_unit_interval():
 def test_unar_encoder_is_resnet_d():
     model = create_segmenter("unar")
     downsampling = [
-        m for m in model.encoder.modules() if getattr(m, "downsample", None) is not None and hasattr(m, "conv1")
+        m
+        for m in model.encoder.modules()
+        if getattr(m, "downsample", None) is not None and hasattr(m, "conv1")
     ]
     assert len(downsampling) == 3  # first block of layer2, layer3, layer4
     for block in downsampling:
@@ -287,3 +298,22 @@ def test_unar_deep_supervision_heads():
     assert all(h.shape == (1, 1, SIZE, SIZE) for h in heads)
     assert torch.allclose(mean, torch.stack(heads).mean(0))
     assert n_params(model) > n_params(UNAR())
+
+
+def test_pretrained_asks_timm_and_a_weights_file_takes_precedence(monkeypatch, tmp_path):
+    import timm
+
+    real_create_model = timm.create_model
+    asked = []
+
+    def recording_create_model(*args, **kwargs):
+        asked.append(kwargs.get("pretrained"))
+        return real_create_model(*args, **{**kwargs, "pretrained": False})  # never download in tests
+
+    monkeypatch.setattr(timm, "create_model", recording_create_model)
+    source = create_segmenter("unar", pretrained=True)
+    path = tmp_path / "unar.safetensors"
+    save_file(state_to_cpu(source), str(path))
+    create_segmenter("unar", pretrained=True, weights=path)
+    create_segmenter("res34-unetv2")
+    assert asked == [True, False, False]

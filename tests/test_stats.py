@@ -131,3 +131,18 @@ def test_bootstrap_is_deterministic_and_skips_nan():
     b = bootstrap_ci(lambda yy, ss: roc_auc_score(yy, ss) if len(set(yy)) == 2 else np.nan, groups, y, s, n=100)
     assert a == b and np.isfinite(a).all()
     assert np.isnan(bootstrap_ci(lambda v: np.nan, groups, s, n=10)).all()
+
+
+def test_bootstrap_vector_metric_matches_scalar_runs():
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(25), 2)
+    x = rng.random(50)
+    low, high = bootstrap_ci(lambda v: np.array([v.mean(), v.max()]), groups, x, n=150, seed=3)
+    assert (low[0], high[0]) == pytest.approx(bootstrap_ci(np.mean, groups, x, n=150, seed=3))
+    assert (low[1], high[1]) == pytest.approx(bootstrap_ci(np.max, groups, x, n=150, seed=3))
+
+
+def test_identical_scores_p_one_even_with_one_negative():
+    res = delong_test([1, 1, 0], [0.2, 0.9, 0.5], [0.2, 0.9, 0.5])
+    assert res["p"] == 1.0
+    assert np.isnan(delong_test([1, 1, 0], [0.2, 0.9, 0.5], [0.3, 0.9, 0.5])["p"])

@@ -76,15 +76,14 @@ def resolve(task: str, preset: str, arch: str, overrides: Mapping | None = None)
         task: ``segmentation`` or ``classification``.
         preset: ``cpu`` or ``paper`` (see ``lungcad.train.presets``).
         arch: architecture name (fills the model-specific learning rate).
-        overrides: values that replace the preset's; ``None`` values are ignored so that an unset
-            CLI option never overrides a preset value.
+        overrides: values that replace the preset's (``None`` included: e.g. ``train_crop: None``
+            trains on whole slices); the CLI passes only the options the user set.
     """
     # Imported here: config sits below train/ in the layering; only this function reads presets.
     from .train.presets import preset as load_preset
 
     if task not in TASKS:
         raise LungcadError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     cfg = apply_overrides(load_preset(task, preset), overrides)
     if task == "segmentation":
         _segmentation_defaults(cfg, arch)

@@ -39,6 +39,7 @@ def _export_to_proto(model: torch.nn.Module, info: dict, opset: int, dynamo: boo
     with warnings.catch_warnings():
         # The tracer warns about Python-side shape arithmetic that is constant for our models.
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)  # "legacy exporter" notice
         if dynamo:
             batch = torch.export.Dim("batch", min=1, max=1024)
             shapes = {0: batch}
@@ -47,7 +48,8 @@ def _export_to_proto(model: torch.nn.Module, info: dict, opset: int, dynamo: boo
                                3: 32 * torch.export.Dim("w32", min=1, max=64)})
             program = torch.onnx.export(model, (example,), None, input_names=["input"],
                                         output_names=["logits"], opset_version=opset,
-                                        dynamic_shapes=({**shapes},), dynamo=True)
+                                        dynamic_shapes=({**shapes},), dynamo=True,
+                                        verbose=False)
             proto = program.model_proto
         else:
             axes = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}

@@ -139,11 +139,13 @@ def nodule_geometry(mask: np.ndarray, crop: int = 64) -> NoduleGeometry:
             centre, _window_box(centre, 2 * crop, shape), _window_box(centre, crop, shape), True
         )
     sizes = np.bincount(labels.ravel())[1:]
-    largest = labels == (int(np.argmax(sizes)) + 1)  # ties: the first label in raster order
-    rows, cols = np.nonzero(largest)
+    label = int(np.argmax(sizes)) + 1  # ties: the first label in raster order
+    box = ndimage.find_objects(labels, max_label=label)[label - 1]
+    rows, cols = np.nonzero(labels[box] == label)  # within the component's bounding box: fast
+    rows, cols = rows + box[0].start, cols + box[1].start
     # floor(x + 0.5): round half up, not numpy's half-to-even, so the rule is easy to state.
     centre = (int(np.floor(rows.mean() + 0.5)), int(np.floor(cols.mean() + 0.5)))
-    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    extent = max(box[0].stop - box[0].start, box[1].stop - box[1].start)
     # The 2.5x part is capped at the image's longest side; the 2 * crop minimum always holds.
     context_side = max(2 * crop, min(math.ceil(CONTEXT_FACTOR * extent), max(shape)))
     return NoduleGeometry(
@@ -158,10 +160,10 @@ def _inside_distance(mask: np.ndarray) -> np.ndarray:
     of any mask pixel lies in that box, and the border makes the image edge count as background.
     """
     dist = np.zeros(mask.shape, dtype=np.float32)
-    rows, cols = np.nonzero(mask)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return dist
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     padded = np.pad(mask[r0:r1, c0:c1], 1)
     dist[r0:r1, c0:c1] = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
     return dist

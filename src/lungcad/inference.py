@@ -7,8 +7,9 @@ the network:
 
 - ``torch``: eager PyTorch under ``torch.inference_mode``; ``precision="bf16"`` runs it under CPU
   autocast (bfloat16 matmuls/convolutions, outputs back to float32).
-- ``onnx``: ONNX Runtime on the CPU. The graph is ``RUN/model.onnx`` when that file exists (written
-  by ``lungcad export-onnx RUN --out RUN/model.onnx``), otherwise it is exported in memory from the
+- ``onnx``: ONNX Runtime on the CPU (intra-op threads = CPU cores). The graph is ``RUN/model.onnx``
+  when that file exists and is not older than the weights (written by
+  ``lungcad export-onnx RUN --out RUN/model.onnx``), otherwise it is exported in memory from the
   run's weights when the inferer is built.
 
 Segmentation pre-processing matches training: the uint8 lung-window slice is resized to the
@@ -102,7 +103,10 @@ def _load_run(run_dir: str | Path, task: str, device: str, backend: str, precisi
         raise LungcadError(f"{run_dir}: a {info.get('task')} run, expected a {task} run")
     if backend == "onnx":
         onnx_path = run_dir / ONNX_FILE
-        if onnx_path.is_file():
+        weights = run_dir / "checkpoints" / "best.safetensors"
+        # A model.onnx older than the weights is stale (the run was trained further): re-export.
+        if onnx_path.is_file() and (not weights.is_file()
+                                    or onnx_path.stat().st_mtime >= weights.stat().st_mtime):
             return _OnnxRunner(str(onnx_path), threads), info
         from .export_onnx import export_onnx_bytes
 

@@ -375,10 +375,9 @@ class Predictor:
             warnings.append("no nodule found: no malignancy probability")
         lap("classification")
 
-        region_info = {"restricted": bool(self.options.restrict_to_lung and roi is not None
-                                          or len(slices) < nz),
+        region_info = {"restricted": bool(roi is not None or len(slices) < nz),
                        "slices_segmented": int(len(slices)), "slices_total": int(nz),
-                       "box_yx": [int(v) for v in box]}
+                       "box_yx": [int(v) for v in box], "slices": [int(z) for z in slices]}
         return PredictionResult(volume, labels, nodules, patient, timings, warnings, region_info)
 
     def _classify(self, images: np.ndarray, labels: np.ndarray, nodules: list[Nodule]) -> list[float]:
@@ -476,7 +475,8 @@ def predict_inputs(inputs: list[str | Path], seg_run: str | Path, cls_run: str |
             try:
                 volume = load()
                 result = predictor.predict(volume)
-                outputs = write_outputs(result, out_dir / case, formats, predictor.describe(), path)
+                outputs = write_outputs(result, out_dir / case, formats, predictor.describe(), path,
+                                        predictor.options)
                 entries.append({
                     "input": str(path), "case": case, "status": "ok", "error": None,
                     "series_uid": volume.meta.get("series_uid"), "outputs": outputs,

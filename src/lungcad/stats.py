@@ -26,6 +26,12 @@ def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float
     return float(low), float(high)
 
 
+def _percentile_intervals(values: np.ndarray, alpha: float):
+    """Per-column intervals for vector-valued metrics: ``(low array, high array)``."""
+    bounds = [_percentile_interval(values[:, k], alpha) for k in range(values.shape[1])]
+    return np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+
+
 def bootstrap_ci(
     metric_fn: Callable[..., float],
     groups,
@@ -41,6 +47,9 @@ def bootstrap_ci(
     the drawn groups (a group drawn twice appears twice) to ``metric_fn``. Resamples where the
     metric is not finite (e.g. AUC of a single class) are dropped; ``(nan, nan)`` if none is left.
     Returns ``(low, high)`` at level ``1 - alpha``. Deterministic for a given ``seed``.
+
+    ``metric_fn`` may return a 1-D array of several metrics (one resampling for all of them); the
+    result is then ``(low array, high array)``, column by column.
     """
     groups = np.asarray(groups)
     arrays = [np.asarray(a) for a in arrays]
@@ -55,15 +64,18 @@ def bootstrap_ci(
     start = np.concatenate([[0], np.cumsum(size)[:-1]])
     n_groups = size.size
     rng = np.random.default_rng(seed)
-    values = np.empty(n, dtype=np.float64)
-    for b in range(n):
+    values = []
+    for _ in range(n):
         drawn = rng.integers(0, n_groups, size=n_groups)
         lengths = size[drawn]
         total = int(lengths.sum())
         # Vectorised concatenation of the drawn groups' row ranges.
         offsets = np.repeat(start[drawn] - (np.cumsum(lengths) - lengths), lengths)
         rows = order[offsets + np.arange(total)]
-        values[b] = metric_fn(*(a[rows] for a in arrays))
+        values.append(metric_fn(*(a[rows] for a in arrays)))
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 2:
+        return _percentile_intervals(values, alpha)
     return _percentile_interval(values, alpha)
 
 
@@ -146,8 +158,9 @@ def delong_test(y, scores_a, scores_b) -> dict:
     """DeLong test of two correlated ROC curves (two score vectors on the same cases).
 
     Returns ``{"auc_a", "auc_b", "diff", "se", "z", "p"}`` (two-sided p). When the variance of
-    the difference is zero (e.g. identical scores) ``z = 0, p = 1`` if the AUCs are equal and
-    ``z = ±inf, p = 0`` otherwise; ``nan`` everywhere when a class is absent.
+    the difference is zero ``z = 0, p = 1`` if the AUCs are equal and ``z = ±inf, p = 0``
+    otherwise. Identical score vectors give ``z = 0, p = 1`` even when the variance cannot be
+    estimated (a class with one member); ``nan`` everywhere when a class is absent.
     """
     a = np.asarray(scores_a, dtype=np.float64)
     b = np.asarray(scores_b, dtype=np.float64)
@@ -157,8 +170,10 @@ def delong_test(y, scores_a, scores_b) -> dict:
     nan = float("nan")
     if not np.isfinite(auc).all():
         return {"auc_a": nan, "auc_b": nan, "diff": nan, "se": nan, "z": nan, "p": nan}
-    cov = _delong_covariance(v10, v01)
     diff = float(auc[0] - auc[1])
+    if np.array_equal(a, b):  # the same curve twice: no difference, whatever the sample size
+        return {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "diff": 0.0, "se": 0.0, "z": 0.0, "p": 1.0}
+    cov = _delong_covariance(v10, v01)
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     out = {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "diff": diff}
     if not np.isfinite(var):

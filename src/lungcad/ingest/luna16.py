@@ -60,7 +60,7 @@ def read_csv_checked(path: Path, required: tuple[str, ...], dtype=None) -> pd.Da
 
 
 def load_volume(path: Path) -> Volume:
-    """``lungcad.io.read_volume`` with any reader failure turned into an ``InputError`` naming the file."""
+    """``lungcad.io.read_volume``; any reader failure becomes an ``InputError`` naming the file."""
     try:
         return read_volume(path)
     except InputError:
@@ -77,14 +77,17 @@ def mhd_problem(mhd: Path) -> str | None:
     discover can report them; everything subtler (truncated raw) surfaces in ``load``.
     """
     try:
-        text = mhd.read_text(errors="replace")
+        with open(mhd, "rb") as handle:  # header only: an .mha carries its pixels after it
+            text = handle.read(65536).decode("latin-1")
     except OSError as exc:
         return f"cannot read header ({exc.strerror})"
     keys = {}
     for line in text.splitlines():
-        if "=" in line:
-            key, _, value = line.partition("=")
+        key, equals, value = line.partition("=")
+        if equals:
             keys[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break  # MetaIO: always the last header line
     if "DimSize" not in keys or "ElementDataFile" not in keys:
         return "not a MetaImage header (no DimSize/ElementDataFile)"
     data_file = keys["ElementDataFile"]
@@ -258,7 +261,8 @@ class Luna16Adapter(Adapter):
             if path.is_file():
                 break
         else:
-            raise InputError(f"{root}: annotations.csv not found (looked for {', '.join(ANNOTATION_LOCATIONS)})")
+            raise InputError(f"{root}: annotations.csv not found "
+                             f"(looked for {', '.join(ANNOTATION_LOCATIONS)})")
         table = read_csv_checked(path, ANNOTATION_COLUMNS, dtype={"seriesuid": str})
         grouped: dict[str, list[dict]] = {}
         for row in table.itertuples(index=False):
@@ -282,7 +286,8 @@ class Luna16Adapter(Adapter):
             notes.append("no LIDC XML for this series: malignancy unknown")
         else:
             if len(xml_paths) > 1:
-                notes.append(f"{len(xml_paths)} LIDC XML files for this series; used {Path(xml_paths[0]).name}")
+                notes.append(f"{len(xml_paths)} LIDC XML files for this series; "
+                             f"the first readable of {[Path(p).name for p in xml_paths]} is used")
             ratings = match_ratings(volume, nodules, _reader_nodules(xml_paths))
 
         rule = getattr(opts, "label_rule", "paper")

@@ -23,7 +23,8 @@ from lungcad.io import Volume, volume_from_sitk
 
 SOURCE = "msd-lung"
 TASK_FOLDER = "Task06_Lung"
-# Grid agreement tolerances: spacing relative, origin in mm (as a fraction of the voxel size), direction absolute.
+# Grid agreement tolerances: spacing relative, origin as a fraction of the smallest voxel side,
+# direction absolute.
 SPACING_RTOL = 1e-4
 ORIGIN_TOL_VOXELS = 1e-2
 DIRECTION_ATOL = 1e-4

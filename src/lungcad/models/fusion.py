@@ -17,7 +17,7 @@ attention fusion at every stage, no cross-attention, aggregation, final conv blo
   a two-layer bottleneck produces a logit per channel per stream, a softmax across the two streams
   turns them into weights, and the fused map is the weighted sum ``a_g * g + a_l * l``.
 * aggregation (ours): each fused stage -> 1x1 conv-BN-SiLU to ``fusion_width`` channels ->
-  average-pooled to the coarsest stage's grid -> concatenated; then the final 3x3 conv-BN-SiLU
+  average-pooled (fixed factor = stride ratio) to the coarsest stage's grid -> concatenated; then the final 3x3 conv-BN-SiLU
   block, GeM pooling (learnable p, init 3), dropout and a linear head.
 
 NoduleFusionNet (paper: "multi-scale feature fusion from diverse input channels"; nothing more):
@@ -99,7 +99,7 @@ class StreamAttentionFusion(nn.Module):
 
     def forward(self, g: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
         squeezed = torch.cat([g.mean(dim=(2, 3), keepdim=True), loc.mean(dim=(2, 3), keepdim=True)], 1)
-        logits = self.gate(squeezed).reshape(g.shape[0], 2, self.channels, 1, 1)
+        logits = self.gate(squeezed).reshape(-1, 2, self.channels, 1, 1)
         weights = logits.softmax(dim=1)
         return weights[:, 0] * g + weights[:, 1] * loc
 
@@ -135,6 +135,11 @@ class NoduleHyperFusionNet(nn.Module):
         self.global_stream = stream()
         self.local_stream = stream()
         widths = self.global_stream.feature_info.channels()
+        reductions = self.global_stream.feature_info.reduction()
+        # Fixed pooling factors bring every stage onto the coarsest grid (constant kernels export
+        # to ONNX, unlike adaptive pooling to a traced size); ceil_mode matches the backbones'
+        # ceil(H / stride) feature sizes when H is not a multiple of the coarsest stride.
+        self.pool_factors = tuple(reductions[-1] // r for r in reductions)
         self.fusions = nn.ModuleList(StreamAttentionFusion(c) for c in widths)
         self.projections = nn.ModuleList(conv_bn_act(c, fusion_width, 1) for c in widths)
         self.final_block = conv_bn_act(fusion_width * len(widths), head_width, 3)
@@ -152,7 +157,7 @@ class NoduleHyperFusionNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         g = _select(x, self.global_channels)
-        if g.shape[1] == 1:
+        if len(self.global_channels) == 1:
             g = g.expand(-1, 3, -1, -1)  # the paper's "global image replicated to 3 channels"
         loc = _select(x, self.local_channels)
         stages = [
@@ -161,8 +166,10 @@ class NoduleHyperFusionNet(nn.Module):
                 self.global_stream(g), self.local_stream(loc), self.fusions, self.projections
             )
         ]
-        grid = stages[-1].shape[-2:]
-        stages = [F.adaptive_avg_pool2d(s, grid) if s.shape[-2:] != grid else s for s in stages]
+        stages = [
+            F.avg_pool2d(s, k, stride=k, ceil_mode=True) if k > 1 else s
+            for s, k in zip(stages, self.pool_factors)
+        ]
         return self.final_block(torch.cat(stages, dim=1))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -138,13 +138,17 @@ class UNARDecoder(nn.Module):
         for i, j in self.node_order():
             gate = grid[(i + 1, j - 1)]
             skips = [self.gates[self._gate_key(i, j, k)](grid[(i, k)], gate) for k in range(j)]
-            grid[(i, j)] = self.nodes[self._node_key(i, j)](torch.cat([*skips, upsample_to(gate, skips[0])], 1))
+            inputs = torch.cat([*skips, upsample_to(gate, skips[0])], 1)
+            grid[(i, j)] = self.nodes[self._node_key(i, j)](inputs)
         return grid
 
-    def forward(self, features: list[torch.Tensor], out_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    def finish(self, grid: dict[tuple[int, int], torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
+        """Upsample the last top-row node ``X[0][L-1]`` to ``out_size`` and refine it."""
+        return self.final(F.interpolate(grid[(0, self.depth - 1)], size=out_size, mode="nearest"))
+
+    def forward(self, features: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
         """Decode the encoder ``features`` into a full-resolution feature map of size ``out_size``."""
-        top = self.forward_grid(features)[(0, self.depth - 1)]
-        return self.final(F.interpolate(top, size=out_size, mode="nearest"))
+        return self.finish(self.forward_grid(features), out_size)
 
 
 class UNAR(nn.Module):
@@ -181,11 +185,11 @@ class UNAR(nn.Module):
         self.decoder = UNARDecoder(encoder_channels, tuple(decoder_channels), final_channels)
         self.head = nn.Conv2d(final_channels, classes, 1)
         self.deep_supervision = deep_supervision
-        self.aux_heads = (
-            nn.ModuleList(nn.Conv2d(decoder_channels[0], classes, 1) for _ in range(1, self.decoder.depth - 1))
-            if deep_supervision
-            else None
-        )
+        self.aux_heads = None
+        if deep_supervision:  # one head per top-row node X[0][j] before the last
+            aux_count = self.decoder.depth - 2
+            width = decoder_channels[0]
+            self.aux_heads = nn.ModuleList(nn.Conv2d(width, classes, 1) for _ in range(aux_count))
 
     def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every head at input resolution: the main head last, the auxiliary ones first."""
@@ -193,8 +197,7 @@ class UNAR(nn.Module):
         features = self.encoder(x)
         grid = self.decoder.forward_grid(features)
         size = x.shape[-2:]
-        depth = self.decoder.depth
-        main = self.head(self.decoder.final(F.interpolate(grid[(0, depth - 1)], size=size, mode="nearest")))
+        main = self.head(self.decoder.finish(grid, size))
         if self.aux_heads is None:
             return [main]
         aux = [

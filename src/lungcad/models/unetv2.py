@@ -40,7 +40,9 @@ class ChannelAttention(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 4)
         self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1, bias=False)
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +104,8 @@ class UNetV2Decoder(nn.Module):
             nn.Sequential(ChannelAttention(ch), SpatialAttention()) for ch in encoder_channels
         )
         self.project = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(ch, channels, 1, bias=False), nn.BatchNorm2d(channels)) for ch in encoder_channels
+            nn.Sequential(nn.Conv2d(ch, channels, 1, bias=False), nn.BatchNorm2d(channels))
+            for ch in encoder_channels
         )
         self.sdi = nn.ModuleList(SDI(channels, levels, target) for target in range(levels))
         self.blocks = nn.ModuleList(ConvBlock(channels, channels) for _ in range(levels))

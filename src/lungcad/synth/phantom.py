@@ -19,7 +19,7 @@ DENSITIES = ("solid", "part-solid", "ground-glass", "calcified")
 # Logistic malignancy model on morphology.  Coefficients were tuned (see tests) so that diameter
 # alone reaches an AUC of roughly 0.8 and no feature set separates the classes perfectly.
 _MAL_INTERCEPT = -0.9
-_MAL_LOG_DIAMETER = 1.9  # per unit of ln(diameter / 10 mm)
+_MAL_LOG_DIAMETER = 2.6  # per unit of ln(diameter / 10 mm)
 _MAL_SHAPE = {"smooth": -0.5, "lobulated": 0.4, "spiculated": 1.3}
 _MAL_DENSITY = {"solid": 0.3, "part-solid": 0.8, "ground-glass": -0.4, "calcified": -2.5}
 _MAL_NOISE_SD = 0.8

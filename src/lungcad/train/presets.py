@@ -24,6 +24,7 @@ _COMMON = {
     "strategy": "auto",
     "num_workers": None,
     "log_every_n_steps": 10,
+    "model_kwargs": {},  # architecture options passed to create_segmenter / create_classifier
 }
 
 # Segmentation. Table 4 for the paper preset.

@@ -1,0 +1,632 @@
+"""``lungcad evaluate RUN``: honest, patient-level evaluation of a trained run on its benchmark.
+
+The run folder says what to evaluate: ``model.json`` (task, model), ``config.yaml`` (the benchmark,
+key ``bench``) and ``splits.json`` (the split the run was trained with). Nothing from training is
+needed in memory.
+
+Segmentation
+    Every slice with a mask (``mask_source`` gt or box) of the split's segmentation patients is
+    predicted (streamed series by series, so a split never sits in memory) and reduced to pixel
+    counts; ``lungcad.metrics.segmentation_summary`` gives Dice/IoU on nodule slices and on all
+    slices, the false-positive rate on nodule-free slices and per-patient 3D Dice, overall and per
+    dataset, each with a 95% patient-bootstrap interval.
+
+Classification
+    Slice probabilities are averaged per patient (the paper) and thresholded at 0.5. Two mask
+    sources when available:
+
+    - ``gt_masks``: the slices with a non-empty reference mask (``data.classification_items``);
+    - ``predicted_masks`` (the headline, what a user gets): every slice of the split's patients is
+      segmented by the segmentation run, and the slices with a non-empty predicted mask are
+      classified. A patient with no predicted nodule at all gets probability 0 ("nothing found" is a
+      benign call) and is counted in ``n_no_nodule_found``; it is not silently dropped.
+
+    AUC has a DeLong interval, the other metrics patient-bootstrap intervals. The size baseline
+    (``lungcad.baseline``: logistic regression on the largest nodule diameter, fitted on the run's
+    training patients) is evaluated on the same split and compared with the model by DeLong's test.
+    On ``train``/``val`` the segmenter has seen the patients (``segmenter_saw_patients``), so
+    predicted-mask results there are optimistic; ``test`` is clean.
+
+Outputs: ``RUN/metrics.json`` (or ``out``), ``RUN/metrics.md``, per-patient probabilities in
+``predictions.csv`` beside the metrics file, and figures in ``RUN/figures/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .errors import LungcadError
+from .metrics import (
+    classification_summary,
+    dice_from_counts,
+    iou_from_counts,
+    overlap_counts,
+    patient_aggregate,
+    patient_dice_3d,
+    segmentation_summary,
+)
+from .stats import bootstrap_ci, delong_ci, delong_test
+
+SPLITS = ("train", "val", "test")
+MASKED_SOURCES = ("gt", "box")
+BOOTSTRAP_SEED = 42
+SEG_CI_METRICS = ("dice_nodule", "iou_nodule", "dice_all", "iou_all", "fp_rate_empty")
+CLS_CI_METRICS = ("accuracy", "f1", "sensitivity", "specificity")
+SERIES_CHUNK = 32  # slices segmented per call (bounded memory for long series)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def _resolve_bench(run: Path, bench) -> Path:
+    if bench is None:
+        config = run / "config.yaml"
+        if not config.is_file():
+            raise LungcadError(f"{run}: no config.yaml to find the benchmark; pass --bench BENCH")
+        from .config import read_yaml
+
+        bench = read_yaml(config).get("bench")
+        if not bench:
+            raise LungcadError(f"{config}: no 'bench' key; pass --bench BENCH")
+    bench = Path(bench)
+    if not (bench / "manifest.csv").is_file():
+        raise LungcadError(f"{bench}: not a benchmark folder (no manifest.csv)")
+    return bench
+
+
+def _run_splits(run: Path, bench: Path) -> dict:
+    """The split the run was trained with (``RUN/splits.json``), else the benchmark's."""
+    from .splits import check_splits, load_splits
+
+    path = run / "splits.json"
+    if not path.is_file():
+        return load_splits(bench)
+    try:
+        splits = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LungcadError(f"{path}: invalid JSON ({exc})") from exc
+    check_splits(splits, path)
+    return splits
+
+
+def _split_names(split: str) -> list[str]:
+    if split == "all":
+        return list(SPLITS)
+    if split not in SPLITS:
+        raise LungcadError(f"unknown split {split!r}; use train, val, test or all")
+    return [split]
+
+
+def _json_ready(value):
+    """numpy -> builtins, nan/inf -> None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _progress(iterable, enabled: bool, desc: str, total: int | None = None):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="series", leave=False, file=sys.stderr)
+
+
+def _series_groups(rows: pd.DataFrame):
+    """Rows grouped per (patient, series) in slice order."""
+    rows = rows.sort_values(["patient_id", "series_uid", "slice_index"], kind="stable")
+    return list(rows.groupby(["patient_id", "series_uid"], sort=True))
+
+
+def _load_stack(bench: Path, paths) -> list[np.ndarray]:
+    from .data import read_png
+
+    return [read_png(bench / p) for p in paths]
+
+
+def _predict_masks(segmenter, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Segment a list of slices in chunks of equal shape; returns one bool mask per slice."""
+    out: list[np.ndarray | None] = [None] * len(images)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(i)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), SERIES_CHUNK):
+            chunk = indices[start:start + SERIES_CHUNK]
+            masks = segmenter.predict_masks(np.stack([images[i] for i in chunk]))
+            for i, mask in zip(chunk, masks):
+                out[i] = mask
+    return out
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def segmentation_rows(manifest: pd.DataFrame, splits: dict, split: str) -> pd.DataFrame:
+    """Slices with a mask of the split's segmentation patients (image paths for ``unit=slice``)."""
+    items = set(splits["segmentation"][split])
+    masked = manifest[manifest["mask_source"].isin(MASKED_SOURCES) & (manifest["mask_path"] != "")]
+    key = "image_path" if splits.get("unit") == "slice" else "patient_id"
+    return masked[masked[key].isin(items)]
+
+
+def predict_overlaps(segmenter, bench: Path, rows: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+    """Per-slice pixel counts of the segmenter's masks against the reference masks."""
+    from .data import read_png
+
+    records = []
+    groups = _series_groups(rows)
+    for _, group in _progress(groups, progress, "segmenting", len(groups)):
+        images = _load_stack(bench, group["image_path"])
+        predicted = _predict_masks(segmenter, images)
+        targets = [read_png(bench / p) > 0 for p in group["mask_path"]]
+        for (_, row), pred, target in zip(group.iterrows(), predicted, targets):
+            if target.shape != pred.shape:
+                raise LungcadError(f"{bench / row['mask_path']}: mask shape {target.shape} differs from its image")
+            counts = overlap_counts(pred, target)
+            records.append({
+                "patient_id": row["patient_id"], "dataset": row["dataset"], "series_uid": row["series_uid"],
+                "slice_index": int(row["slice_index"]), "image_path": row["image_path"],
+                **{k: int(v[0]) for k, v in counts.items()},
+            })
+    columns = ["patient_id", "dataset", "series_uid", "slice_index", "image_path", "intersection", "pred_px", "target_px"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _slice_metrics(inter, pred, target) -> np.ndarray:
+    """The slice-level segmentation metrics of ``SEG_CI_METRICS``, as one vector (for the bootstrap)."""
+    d = dice_from_counts(inter, pred, target)
+    j = iou_from_counts(inter, pred, target)
+    nodule = target > 0
+
+    def mean(x):
+        return x.mean() if x.size else np.nan
+
+    return np.array([mean(d[nodule]), mean(j[nodule]), mean(d), mean(j), mean(pred[~nodule] > 0)])
+
+
+def _segmentation_ci(slices: pd.DataFrame, n_boot: int) -> dict:
+    if slices.empty:
+        return {}
+    low, high = bootstrap_ci(
+        _slice_metrics, slices["patient_id"].to_numpy(), slices["intersection"].to_numpy(),
+        slices["pred_px"].to_numpy(), slices["target_px"].to_numpy(), n=n_boot, seed=BOOTSTRAP_SEED,
+    )
+    ci = {name: [lo, hi] for name, lo, hi in zip(SEG_CI_METRICS, low, high)}
+    per_patient = patient_dice_3d(slices)
+    ci["dice_3d"] = list(bootstrap_ci(np.mean, per_patient.index.to_numpy(), per_patient.to_numpy(),
+                                      n=n_boot, seed=BOOTSTRAP_SEED))
+    return ci
+
+
+def segmentation_report(slices: pd.DataFrame, n_boot: int = 2000) -> dict:
+    """``segmentation_summary`` with 95% patient-bootstrap intervals, overall and per dataset."""
+    report = segmentation_summary(slices)
+    report["ci"] = _segmentation_ci(slices, n_boot)
+    for name, group in slices.groupby("dataset", sort=True):
+        report["per_dataset"][str(name)]["ci"] = _segmentation_ci(group, n_boot)
+    return report
+
+
+def _evaluate_segmentation(run: Path, bench: Path, manifest, splits, names, device, progress, n_boot) -> dict:
+    from .inference import SliceSegmenter
+
+    segmenter = SliceSegmenter.from_run(run, device=device)
+    results = {}
+    for split in names:
+        rows = segmentation_rows(manifest, splits, split)
+        if rows.empty:
+            results[split] = {"n_slices": 0, "note": "no slice with a mask in this split"}
+            continue
+        results[split] = segmentation_report(predict_overlaps(segmenter, bench, rows, progress), n_boot)
+    return results
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _classify_slices(classifier, images, masks) -> np.ndarray:
+    from .features import batch_seven_channels
+
+    probs = []
+    for start in range(0, len(images), SERIES_CHUNK):
+        features = batch_seven_channels(images[start:start + SERIES_CHUNK], masks[start:start + SERIES_CHUNK],
+                                        out_size=classifier.input_size, crop=classifier.crop)
+        probs.append(classifier.predict_proba(features))
+    return np.concatenate(probs) if probs else np.zeros(0, np.float32)
+
+
+def _slice_frame(rows: pd.DataFrame, probs) -> pd.DataFrame:
+    frame = rows[["patient_id", "dataset", "series_uid", "slice_index", "label"]].copy()
+    frame["label"] = frame["label"].astype(int)
+    frame["prob"] = np.asarray(probs, dtype=float)
+    return frame
+
+
+def gt_mask_probabilities(classifier, bench: Path, patients, progress: bool = False) -> pd.DataFrame:
+    """Slice probabilities on the reference masks (slices whose mask is not empty)."""
+    from .data import classification_items, read_png
+
+    items = classification_items(bench, patients, mask_source="gt")
+    frames = []
+    groups = _series_groups(items)
+    for _, group in _progress(groups, progress, "classifying (gt masks)", len(groups)):
+        images = _load_stack(bench, group["image_path"])
+        masks = [read_png(p) > 0 for p in group["mask_file"]]
+        frames.append(_slice_frame(group, _classify_slices(classifier, images, masks)))
+    return pd.concat(frames, ignore_index=True) if frames else _slice_frame(items, [])
+
+
+def predicted_mask_probabilities(classifier, segmenter, bench: Path, manifest: pd.DataFrame, patients,
+                                 progress: bool = False) -> pd.DataFrame:
+    """Slice probabilities on predicted masks: every slice of ``patients`` is segmented, the slices
+    with a non-empty predicted mask are classified."""
+    rows = manifest[manifest["patient_id"].isin(set(patients)) & manifest["label"].notna()]
+    frames = []
+    groups = _series_groups(rows)
+    for _, group in _progress(groups, progress, "segmenting + classifying", len(groups)):
+        images = _load_stack(bench, group["image_path"])
+        masks = _predict_masks(segmenter, images)
+        found = [i for i, m in enumerate(masks) if m.any()]
+        if found:
+            probs = _classify_slices(classifier, [images[i] for i in found], [masks[i] for i in found])
+            frames.append(_slice_frame(group.iloc[found], probs))
+    return pd.concat(frames, ignore_index=True) if frames else _slice_frame(rows.iloc[:0], [])
+
+
+def _patient_labels(manifest: pd.DataFrame, patients) -> pd.DataFrame:
+    rows = manifest[manifest["patient_id"].isin(set(patients)) & manifest["label"].notna()]
+    grouped = rows.groupby("patient_id", sort=True)
+    return pd.DataFrame({"label": grouped["label"].max().astype(int), "dataset": grouped["dataset"].first()})
+
+
+def _cls_point_metrics(y, p) -> np.ndarray:
+    s = classification_summary(y, p)
+    return np.array([s[name] for name in CLS_CI_METRICS])
+
+
+def classification_report(patients: pd.DataFrame, n_boot: int = 2000) -> dict:
+    """Patient-level metrics with DeLong (AUC) and patient-bootstrap (others) 95% intervals.
+
+    ``patients`` has one row per patient: ``patient_id, label, prob`` (+ ``dataset``).
+    """
+    y, p = patients["label"].to_numpy(int), patients["prob"].to_numpy(float)
+    report = classification_summary(y, p)
+    auc, low, high = delong_ci(y, p)
+    ci = {"auc": [low, high]}
+    if len(patients):
+        lows, highs = bootstrap_ci(_cls_point_metrics, patients["patient_id"].to_numpy(), y, p,
+                                   n=n_boot, seed=BOOTSTRAP_SEED)
+        ci.update({name: [lo, hi] for name, lo, hi in zip(CLS_CI_METRICS, lows, highs)})
+    report["ci"] = ci
+    report["ci_methods"] = {"auc": "DeLong (normal, clipped to [0, 1])", "others": f"patient bootstrap, {n_boot} resamples"}
+    return report
+
+
+def _with_per_dataset(patients: pd.DataFrame, n_boot: int) -> dict:
+    report = classification_report(patients, n_boot)
+    if "dataset" in patients:
+        report["per_dataset"] = {str(name): classification_report(group, n_boot)
+                                 for name, group in patients.groupby("dataset", sort=True)}
+    return report
+
+
+def baseline_report(manifest: pd.DataFrame, train_patients, model_patients: pd.DataFrame) -> tuple[dict, dict, pd.DataFrame]:
+    """The diameter baseline on ``model_patients``' patients and the DeLong test model vs baseline."""
+    from .baseline import DEFAULT_MASK_SOURCES, diameter_baseline
+
+    try:
+        fitted, frame = diameter_baseline(manifest, train_patients, model_patients["patient_id"])
+    except LungcadError as exc:
+        return {"note": str(exc)}, {}, pd.DataFrame(columns=["patient_id", "label", "diameter_mm", "prob"])
+    y, p = frame["label"].to_numpy(int), frame["prob"].to_numpy(float)
+    auc, low, high = delong_ci(y, p)
+    baseline = {
+        "auc": auc, "auc_ci": [low, high], "n_patients": int(len(frame)),
+        "mask_sources": list(DEFAULT_MASK_SOURCES), "model": fitted.describe(),
+        "feature": "largest equivalent-circle nodule diameter (mm) over annotated slices",
+    }
+    both = model_patients.merge(frame[["patient_id", "prob"]], on="patient_id", suffixes=("_model", "_baseline"))
+    test = delong_test(both["label"].to_numpy(int), both["prob_model"], both["prob_baseline"])
+    versus = {**test, "n_patients": int(len(both)), "method": "DeLong test, two correlated ROC curves",
+              "a": "model", "b": "diameter baseline"}
+    return baseline, versus, frame
+
+
+def _patient_probabilities(slices: pd.DataFrame, labels: pd.DataFrame, fill_missing: bool) -> pd.DataFrame:
+    patients = patient_aggregate(slices) if len(slices) else pd.DataFrame(
+        columns=["patient_id", "label", "prob", "n_slices", "dataset"])
+    if fill_missing:
+        missing = labels.index.difference(patients["patient_id"])
+        extra = pd.DataFrame({"patient_id": missing, "label": labels.loc[missing, "label"].to_numpy(),
+                              "prob": 0.0, "n_slices": 0, "dataset": labels.loc[missing, "dataset"].to_numpy()})
+        patients = pd.concat([patients, extra], ignore_index=True).sort_values("patient_id").reset_index(drop=True)
+    return patients
+
+
+def _resolve_seg_run(info: dict, seg_run) -> Path | None:
+    if seg_run is not None:
+        seg_run = Path(seg_run)
+        if not (seg_run / "model.json").is_file():
+            raise LungcadError(f"{seg_run}: not a segmentation run folder (no model.json)")
+        return seg_run
+    recorded = info.get("seg_run")
+    if recorded and (Path(recorded) / "model.json").is_file():
+        return Path(recorded)
+    return None
+
+
+def classify_split(run: Path, bench: Path, manifest, splits, split, classifier, segmenter, progress,
+                   n_boot) -> tuple[dict, pd.DataFrame]:
+    """Evaluate one split of a classification run; returns (results, per-patient predictions)."""
+    patients = splits["classification"][split]
+    labels = _patient_labels(manifest, patients)
+    result: dict = {"n_patients_in_split": len(patients)}
+    predictions = []
+    sources = {"gt_masks": None}
+    if segmenter is not None:
+        sources["predicted_masks"] = segmenter
+    for name in sources:
+        if name == "gt_masks":
+            slices = gt_mask_probabilities(classifier, bench, patients, progress)
+        else:
+            slices = predicted_mask_probabilities(classifier, segmenter, bench, manifest, patients, progress)
+        fill = name == "predicted_masks"
+        per_patient = _patient_probabilities(slices, labels, fill_missing=fill)
+        if per_patient.empty:
+            result[name] = {"n": 0, "note": "no patient with a usable mask in this split"}
+            continue
+        report = _with_per_dataset(per_patient, n_boot)
+        report["n_slices"] = int(len(slices))
+        if fill:
+            report["n_no_nodule_found"] = int((per_patient["n_slices"] == 0).sum())
+            report["segmenter_saw_patients"] = split != "test"
+        result[name] = report
+        predictions.append(per_patient.assign(split=split, masks=name))
+    usable = [n for n in ("predicted_masks", "gt_masks") if result.get(n, {}).get("n")]
+    result["headline"] = usable[0] if usable else None
+    if usable:
+        headline = next(p for p in predictions if p["masks"].iloc[0] == usable[0])
+        baseline, versus, frame = baseline_report(manifest, splits["classification"]["train"], headline)
+        result["baseline_diameter"], result["vs_baseline"] = baseline, {**versus, "masks": usable[0]}
+        if len(frame):
+            predictions.append(frame.assign(split=split, masks="baseline_diameter"))
+    return result, (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame())
+
+
+def _evaluate_classification(run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot):
+    from .inference import SliceClassifier, SliceSegmenter
+
+    classifier = SliceClassifier.from_run(run, device=device)
+    seg_path = _resolve_seg_run(info, seg_run)
+    segmenter = SliceSegmenter.from_run(seg_path, device=device) if seg_path else None
+    results, predictions = {}, []
+    for split in names:
+        results[split], frame = classify_split(run, bench, manifest, splits, split, classifier, segmenter,
+                                               progress, n_boot)
+        predictions.append(frame)
+    return results, pd.concat(predictions, ignore_index=True), seg_path
+
+
+# --------------------------------------------------------------------------- reports and figures
+
+
+def _fmt(value, ci=None) -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    if ci and all(isinstance(c, (int, float)) and math.isfinite(c) for c in ci):
+        return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+    return f"{value:.4f}"
+
+
+def _table(header, rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _seg_rows(label: str, r: dict) -> list[str]:
+    ci = r.get("ci") or {}
+    return [label, str(r.get("n_patients", 0)), str(r.get("n_slices", 0)),
+            _fmt(r.get("dice_nodule"), ci.get("dice_nodule")), _fmt(r.get("iou_nodule"), ci.get("iou_nodule")),
+            _fmt(r.get("dice_all"), ci.get("dice_all")), _fmt(r.get("iou_all")),
+            _fmt(r.get("fp_rate_empty"), ci.get("fp_rate_empty")), _fmt(r.get("dice_3d"), ci.get("dice_3d"))]
+
+
+def _cls_rows(label: str, r: dict) -> list[str]:
+    ci = r.get("ci") or {}
+    return [label, str(r.get("n", 0)), _fmt(r.get("accuracy"), ci.get("accuracy")), _fmt(r.get("f1"), ci.get("f1")),
+            _fmt(r.get("auc"), ci.get("auc")), _fmt(r.get("sensitivity")), _fmt(r.get("specificity")),
+            str(r.get("confusion_matrix", "–"))]
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """A readable Markdown rendering of ``metrics.json``."""
+    lines = [f"# Evaluation of {metrics['run']} ({metrics['arch']}, {metrics['task']})", "",
+             f"Benchmark: `{metrics['bench']}`. 95% intervals in brackets.", ""]
+    if metrics["task"] == "segmentation":
+        header = ["Split / dataset", "Patients", "Slices", "Dice (nodule slices)", "IoU (nodule slices)",
+                  "Dice (all slices)", "IoU (all)", "FP rate (empty slices)", "3D Dice"]
+        rows = []
+        for split, r in metrics["results"].items():
+            rows.append(_seg_rows(f"**{split}**", r))
+            rows += [_seg_rows(f"{split} / {name}", d) for name, d in (r.get("per_dataset") or {}).items()]
+        lines += _table(header, rows)
+    else:
+        header = ["Split / masks / dataset", "Patients", "Accuracy", "F1", "AUC", "Sensitivity", "Specificity",
+                  "[[TN, FP], [FN, TP]]"]
+        for split, r in metrics["results"].items():
+            rows = []
+            for masks in ("predicted_masks", "gt_masks"):
+                if masks not in r or not r[masks].get("n"):
+                    continue
+                star = " (headline)" if masks == r.get("headline") else ""
+                rows.append(_cls_rows(f"**{split} / {masks}**{star}", r[masks]))
+                rows += [_cls_rows(f"{split} / {masks} / {name}", d) for name, d in (r[masks].get("per_dataset") or {}).items()]
+            lines += [f"## {split}", ""] + _table(header, rows) + [""]
+            b, v = r.get("baseline_diameter") or {}, r.get("vs_baseline") or {}
+            if b.get("n_patients"):
+                lines.append(f"Diameter baseline: AUC {_fmt(b.get('auc'), b.get('auc_ci'))} on {b['n_patients']} "
+                             f"patients; model vs baseline (DeLong, {v.get('n_patients', 0)} patients): "
+                             f"z = {_fmt(v.get('z'))}, p = {_fmt(v.get('p'))}.")
+                lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _classification_figures(run: Path, results: dict, predictions: pd.DataFrame) -> list[str]:
+    from .plots import plot_confusion, plot_per_dataset, plot_roc
+
+    written = []
+    figures = run / "figures"
+    for split, r in results.items():
+        headline = r.get("headline")
+        if not headline:
+            continue
+        written.append(str(plot_confusion(r[headline]["confusion_matrix"], figures / f"confusion_{split}.png",
+                                          title=f"{split}, {headline.replace('_', ' ')}")))
+        curves = {}
+        for masks, label in (("predicted_masks", "model, predicted masks"), ("gt_masks", "model, GT masks"),
+                             ("baseline_diameter", "diameter baseline")):
+            rows = predictions[(predictions["split"] == split) & (predictions["masks"] == masks)]
+            if len(rows):
+                curves[label] = (rows["label"].to_numpy(int), rows["prob"].to_numpy(float))
+        written.append(str(plot_roc(curves, figures / f"roc_{split}.png", title=split)))
+        per_dataset = {k: v.get("auc") for k, v in (r[headline].get("per_dataset") or {}).items()}
+        if per_dataset:
+            written.append(str(plot_per_dataset(per_dataset, figures / f"auc_per_dataset_{split}.png", "AUC")))
+    return written
+
+
+def _segmentation_figures(run: Path, results: dict) -> list[str]:
+    from .plots import plot_per_dataset
+
+    written = []
+    for split, r in results.items():
+        per_dataset = {k: v.get("dice_nodule") for k, v in (r.get("per_dataset") or {}).items()}
+        if per_dataset:
+            written.append(str(plot_per_dataset(per_dataset, run / "figures" / f"dice_per_dataset_{split}.png",
+                                                "Dice (nodule slices)")))
+    return written
+
+
+def _headline_scalars(task: str, results: dict) -> dict:
+    """Flat scalars (``test_dice_all``, ``test_auc`` ...) for scripts and the demo's summary."""
+    out = {}
+    for split, r in results.items():
+        if task == "segmentation":
+            for key in ("dice_all", "dice_nodule", "iou_nodule", "fp_rate_empty", "dice_3d"):
+                if key in r:
+                    out[f"{split}_{key}"] = r[key]
+        elif r.get("headline"):
+            for key in ("accuracy", "f1", "auc"):
+                out[f"{split}_{key}"] = r[r["headline"]].get(key)
+    return out
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, device: str = "cpu",
+                 progress: bool = True, n_boot: int = 2000, quiet: bool = False) -> dict:
+    """Evaluate the run folder ``run`` on ``split`` (train, val, test, or all = each reported).
+
+    Writes ``metrics.json`` (``RUN/metrics.json`` or ``out``), ``metrics.md`` and
+    ``predictions.csv`` beside it, and figures under ``RUN/figures``; prints the Markdown table
+    unless ``quiet``. Returns the metrics dict (as written, nan -> None).
+    """
+    from .data import read_manifest
+    from .models.run_io import read_model_json
+
+    run = Path(run)
+    info = read_model_json(run)
+    task = info.get("task")
+    if task not in ("segmentation", "classification"):
+        raise LungcadError(f"{run / 'model.json'}: unknown task {task!r}")
+    bench = _resolve_bench(run, bench)
+    splits = _run_splits(run, bench)
+    names = _split_names(split)
+    manifest = read_manifest(bench)
+    metrics = {"schema": 1, "task": task, "arch": info.get("arch"), "run": run.name, "bench": str(bench),
+               "split": split, "splits_unit": splits.get("unit", "patient"), "lungcad_version": __version__}
+    predictions = None
+    if task == "segmentation":
+        results = _evaluate_segmentation(run, bench, manifest, splits, names, device, progress, n_boot)
+        figures = _segmentation_figures(run, results)
+        metrics["threshold"] = info.get("threshold", 0.5)
+    else:
+        results, predictions, seg_path = _evaluate_classification(
+            run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot)
+        metrics["seg_run"] = str(seg_path) if seg_path else None
+        metrics["aggregation"] = "mean of slice probabilities per patient, threshold 0.5"
+        figures = _classification_figures(run, results, predictions)
+    metrics.update(_headline_scalars(task, results))
+    metrics["results"] = results
+    metrics["figures"] = figures
+    metrics = _json_ready(metrics)
+
+    out = Path(out) if out is not None else run / "metrics.json"
+    _write_atomic(out, json.dumps(metrics, indent=2) + "\n")
+    markdown = metrics_markdown(metrics)
+    _write_atomic(out.with_suffix(".md"), markdown)
+    if predictions is not None and len(predictions):
+        csv_path = out.with_name("predictions.csv" if out.name == "metrics.json" else out.stem + "_predictions.csv")
+        _write_atomic(csv_path, predictions.to_csv(index=False))
+    if not quiet:
+        print(markdown)
+    return metrics
+
+
+def compare_runs(run_a, run_b, bench=None, split: str = "test", masks: str | None = None) -> dict:
+    """DeLong test between two evaluated classification runs on the patients they share.
+
+    Reads each run's ``predictions.csv`` (written by ``evaluate_run``; a clear error when missing)
+    and uses each run's headline mask source unless ``masks`` names one. ``bench`` is accepted for
+    symmetry with the CLI and unused: the predictions already hold the labels.
+    """
+    frames = []
+    for run in (Path(run_a), Path(run_b)):
+        path = run / "predictions.csv"
+        if not path.is_file():
+            raise LungcadError(f"{run}: no predictions.csv; run `lungcad evaluate {run}` first")
+        table = pd.read_csv(path, dtype={"patient_id": str, "split": str, "masks": str})
+        table = table[table["split"] == split]
+        if table.empty:
+            raise LungcadError(f"{path}: no predictions for split {split!r}; evaluate with --split {split} or all")
+        chosen = masks
+        if chosen is None:
+            chosen = "predicted_masks" if (table["masks"] == "predicted_masks").any() else "gt_masks"
+        table = table[table["masks"] == chosen]
+        if table.empty:
+            raise LungcadError(f"{path}: no {chosen} predictions for split {split!r}")
+        frames.append(table[["patient_id", "label", "prob"]].assign(masks=chosen))
+    both = frames[0].merge(frames[1], on="patient_id", suffixes=("_a", "_b"))
+    if (both["label_a"] != both["label_b"]).any():
+        raise LungcadError(f"{run_a} and {run_b}: the same patient has different labels; were they evaluated on the same benchmark?")
+    if both.empty:
+        raise LungcadError(f"{run_a} and {run_b}: no patient in common on split {split!r}")
+    test = delong_test(both["label_a"].to_numpy(int), both["prob_a"], both["prob_b"])
+    result = {"run_a": str(run_a), "run_b": str(run_b), "split": split, "n_patients": int(len(both)),
+              "masks_a": frames[0]["masks"].iloc[0], "masks_b": frames[1]["masks"].iloc[0], **test}
+    return _json_ready(result)

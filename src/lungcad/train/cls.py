@@ -1,0 +1,236 @@
+"""``lungcad train-cls``: the paper's two-phase malignancy classifier training.
+
+Phase 1 trains on ground-truth masks (patients that have them). Phase 2 starts from phase 1's best
+weights and fine-tunes on masks predicted by a segmentation run (``SEGRUN/predicted_masks``), refusing
+any training or validation patient whose masks come from a model that saw that patient.
+
+Run folder::
+
+    RUN/config.yaml, RUN/splits.json
+    RUN/phase1/, RUN/phase2/        each a complete run folder of its phase (history.csv, checkpoints/,
+                                    model.json, summary.json, figures/)
+    RUN/history.csv                 both phases, with a ``phase`` column (epochs restart at 1)
+    RUN/model.json, RUN/checkpoints/best.safetensors    the last phase trained (the final model)
+    RUN/mask_provenance.json        phase 2: where each patient's masks came from
+    RUN/figures/training_curves.png both phases on one running epoch axis
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+from ..augment import build_augmentation
+from ..config import resolve, write_yaml
+from ..data import ClassificationDataset, classification_items
+from ..errors import LungcadError
+from .engine import (
+    CLS_COLUMNS, LAST_CKPT, SUMMARY, ClassificationModule, EpochSampler, FitSpec, WithIndex, fit,
+    finished_summary, inverse_frequency_weights, plot_training_curves, seed_all, write_json,
+)
+from .oof import MASK_DIR, read_provenance, saw_patient
+from .seg import WINDOW_HU, copy_splits
+
+PHASES = ("1", "2", "both")
+
+
+def cls_model_json(arch: str, cfg: dict, phase: int, mask_source: str, seg_run) -> dict:
+    """``model.json`` of a classification run (``image_size`` = ``input_size``, as inference reads it)."""
+    return {
+        "task": "classification",
+        "arch": arch,
+        "kwargs": dict(cfg.get("model_kwargs") or {}),
+        "in_channels": 7,
+        "image_size": int(cfg["input_size"]),
+        "input_size": int(cfg["input_size"]),
+        "crop": int(cfg["crop"]),
+        "window_hu": WINDOW_HU,
+        "threshold": 0.5,
+        "phase": phase,
+        "mask_source": mask_source,
+        "seg_run": str(Path(seg_run).resolve()) if seg_run else None,
+        "preset": cfg.get("preset"),
+        "seed": int(cfg["seed"]),
+    }
+
+
+def check_mask_provenance(seg_run: Path, patients: dict[str, list[str]]) -> dict:
+    """Refuse patients whose predicted masks come from a model that saw them; returns the
+    provenance record written to ``RUN/mask_provenance.json``."""
+    provenance = read_provenance(seg_run)
+    record = {"seg_run": str(Path(seg_run).resolve()), "predicted_masks": str(Path(seg_run).resolve() / MASK_DIR),
+              "scheme": provenance.get("scheme", "out-of-fold"), "patients": {}}
+    for part, ids in patients.items():
+        for patient in ids:
+            if saw_patient(provenance, patient):
+                model = provenance.get("patients", {}).get(patient, "no model")
+                raise LungcadError(
+                    f"{Path(seg_run) / 'predicted_masks.json'}: masks of {part} patient {patient} come from "
+                    f"{model!r}, a model that saw this patient; phase 2 needs out-of-fold masks"
+                )
+            name = provenance["patients"][patient]
+            record["patients"][patient] = {
+                "split": part, "model": name,
+                "kind": "final model (never saw the patient)" if name == "final" else "out-of-fold",
+            }
+    return record
+
+
+def _train_phase(
+    bench: Path, arch: str, run_dir: Path, cfg: dict, splits: dict, phase: int, *, seg_run,
+    init_weights, pretrained: bool, resume: bool, devices,
+) -> dict:
+    from ..models import create_classifier
+
+    phase_dir = run_dir / f"phase{phase}"
+    phase_cfg = {**cfg[f"phase{phase}"]}
+    mask_source = "gt" if phase == 1 else "predicted"
+    pred_dir = Path(seg_run) / MASK_DIR if phase == 2 else None
+    finished = finished_summary(phase_dir, int(phase_cfg["epochs"])) if resume else None
+    if finished is not None:
+        return finished
+    if not resume and (phase_dir / LAST_CKPT).exists():
+        raise LungcadError(f"{phase_dir}: phase {phase} already trained here; pass --resume or choose another --out")
+    seed = int(cfg["seed"])
+    parts = splits["classification"]
+    items = {
+        part: classification_items(bench, parts[part], mask_source, pred_dir,
+                                   cfg.get("max_slices_per_patient"), seed)
+        for part in ("train", "val")
+    }
+    for part, frame in items.items():
+        if frame.empty:
+            raise LungcadError(f"{bench}: no {part} slices with {'ground-truth' if phase == 1 else 'predicted'} "
+                               f"nodule masks for classification phase {phase}")
+    size, crop = int(cfg["input_size"]), int(cfg["crop"])
+    augmentation = cfg["augmentation"]
+    train_set = ClassificationDataset(items["train"], bench, size, crop,
+                                      transform=lambda shape: build_augmentation(augmentation, shape))
+    val_set = ClassificationDataset(items["val"], bench, size, crop, transform=None)
+    labels = items["train"]["label"].to_numpy()
+    sampler = EpochSampler(len(train_set), seed=seed,
+                           weights=inverse_frequency_weights(labels) if cfg.get("weighted_sampler") else None)
+    seed_all(seed)
+    model = create_classifier(arch, in_chans=7, pretrained=pretrained and init_weights is None,
+                              weights=init_weights, **(cfg.get("model_kwargs") or {}))
+    module = ClassificationModule(model, phase_cfg, items["val"]["patient_id"].to_numpy(),
+                                  items["val"]["label"].to_numpy())
+    spec = FitSpec(
+        run_dir=phase_dir, cfg=cfg, model_json=cls_model_json(arch, cfg, phase, mask_source, seg_run),
+        history_columns=CLS_COLUMNS, monitor="val_auc", epochs=int(phase_cfg["epochs"]),
+        batch_size=int(phase_cfg["batch_size"]), val_batch_size=int(phase_cfg["val_batch_size"]),
+        train_sampler=sampler, early_stopping_patience=phase_cfg.get("early_stopping_patience"),
+        accumulate_grad_batches=int(phase_cfg.get("accumulate_grad_batches") or 1), resume=resume,
+        devices=devices,
+        extra_summary={"phase": phase, "mask_source": mask_source,
+                       "train_slices": len(items["train"]), "val_slices": len(items["val"]),
+                       "train_patients": items["train"]["patient_id"].nunique(),
+                       "val_patients": items["val"]["patient_id"].nunique(),
+                       "dropped_patients": {p: items[p].attrs.get("dropped_patients", []) for p in items}},
+    )
+    return fit(module, train_set, WithIndex(val_set), spec)
+
+
+def _merge_histories(run_dir: Path, phases: list[int]) -> Path:
+    """``RUN/history.csv``: the phase histories one after the other, with a ``phase`` column."""
+    rows = []
+    for phase in phases:
+        path = run_dir / f"phase{phase}" / "history.csv"
+        if path.is_file():
+            with path.open(newline="") as handle:
+                rows += [{"phase": phase, **row} for row in csv.DictReader(handle)]
+    out = run_dir / "history.csv"
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=("phase", *CLS_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out)
+    return out
+
+
+def _publish(run_dir: Path, phase: int) -> None:
+    """Copy the phase's best model to the top of the run folder (weights first, then model.json)."""
+    source = run_dir / f"phase{phase}"
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for name in ("checkpoints/best.safetensors", "model.json"):
+        tmp = run_dir / (name + ".tmp")
+        shutil.copyfile(source / name, tmp)
+        os.replace(tmp, run_dir / name)
+
+
+def train_classifier(
+    bench: str | Path,
+    arch: str,
+    out: str | Path,
+    preset: str = "cpu",
+    seg_run: str | Path | None = None,
+    phase: str | int = "both",
+    epochs: int | None = None,
+    resume: bool = False,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    devices=None,
+    overrides: dict | None = None,
+) -> dict:
+    """Train classifier ``arch`` on benchmark ``bench`` (two phases); write the run folder ``out``.
+
+    Args:
+        seg_run: segmentation run folder with out-of-fold predicted masks (needed for phase 2).
+        phase: ``1`` (ground-truth masks), ``2`` (predicted masks; starts from ``out/phase1`` or
+            ``weights``) or ``both``.
+        epochs: epochs of each phase (overrides the preset's ``phase1.epochs`` and ``phase2.epochs``).
+        resume: continue an interrupted run (a finished phase is not retrained).
+        pretrained / weights: initial weights of phase 1 (ImageNet via timm, or a local file).
+
+    Returns the summary of the run (also ``out/summary.json``).
+    """
+    from ..splits import load_splits
+
+    phase = str(phase)
+    if phase not in PHASES:
+        raise LungcadError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+    bench, run_dir = Path(bench), Path(out)
+    overrides = dict(overrides or {})
+    if epochs is not None:
+        overrides["phase1.epochs"] = overrides["phase2.epochs"] = int(epochs)
+    cfg = resolve("classification", preset, arch, overrides)
+    phases = [1, 2] if phase == "both" else [int(phase)]
+    splits = load_splits(bench)
+    provenance = None
+    if 2 in phases:
+        if seg_run is None:
+            raise LungcadError("phase 2 trains on predicted masks: pass --seg-run RUN (a segmentation run "
+                               "trained with out-of-fold masks)")
+        seg_run = Path(seg_run)
+        parts = splits["classification"]
+        provenance = check_mask_provenance(seg_run, {"train": parts["train"], "val": parts["val"]})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml({**cfg, "phase": phase, "seg_run": str(seg_run) if seg_run else None,
+                "bench": str(bench.resolve()), "pretrained": bool(pretrained),
+                "weights": str(weights) if weights else None}, run_dir / "config.yaml")
+    copy_splits(bench, run_dir)
+    summaries = {}
+    for number in phases:
+        if number == 1:
+            init = weights
+        else:
+            phase1_best = run_dir / "phase1" / "checkpoints" / "best.safetensors"
+            init = phase1_best if phase1_best.is_file() else weights
+            if init is None:
+                raise LungcadError(f"{phase1_best}: phase 2 starts from phase 1's best weights; "
+                                   "train phase 1 first (--phase 1 or both) or pass --weights")
+            write_json(run_dir / "mask_provenance.json", provenance)
+        summaries[f"phase{number}"] = _train_phase(
+            bench, arch, run_dir, cfg, splits, number, seg_run=seg_run, init_weights=init,
+            pretrained=pretrained, resume=resume, devices=devices,
+        )
+        _publish(run_dir, number)
+    history = _merge_histories(run_dir, [p for p in (1, 2) if (run_dir / f"phase{p}" / "history.csv").is_file()])
+    plot_training_curves(history, run_dir / "figures", "classification")
+    summary = {"task": "classification", "arch": arch, "preset": preset, "phase": phase,
+               "final_phase": phases[-1], **summaries}
+    write_json(run_dir / SUMMARY, summary)
+    return summary

@@ -1,0 +1,179 @@
+"""Leakage-free predicted masks for classification phase 2 (ARCHITECTURE.md, "Predicted masks").
+
+The segmentation train + val patients are cut into ``K`` patient-level folds. Fold model ``k`` trains
+on the other folds and never sees fold ``k``; it predicts the masks of fold ``k``. Every other patient
+of the benchmark (segmentation test patients, patients without masks) gets masks from the final
+model, which never saw them. To keep the held-out fold out of every decision, fold models run a
+fixed number of epochs (``oof_epochs``) with the plateau scheduler disabled, and their *last* epoch
+is exported (the held-out Dice in their history is then an honest estimate, never used to choose).
+
+Written into the segmentation run folder:
+
+    oof/fold-<k>/                     each fold model's own run folder (resumable)
+    predicted_masks/<dataset>/<patient>/<series>_<index>.png    uint8 {0,255}, one per benchmark slice
+    predicted_masks/areas.csv         image_path, patient_id, area_px (foreground pixels)
+    predicted_masks.json              provenance: per patient the model that produced its masks, and
+                                      per model the patients it trained / was validated on
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from ..data import predicted_mask_path, read_manifest, read_png
+from ..errors import LungcadError
+from .engine import write_json
+
+PROVENANCE = "predicted_masks.json"
+MASK_DIR = "predicted_masks"
+FLUSH_EVERY = 20  # patients between progress writes
+
+
+def patient_folds(patients: list[str], k: int, seed: int = 42) -> list[list[str]]:
+    """``k`` disjoint, near-equal patient folds (shuffled with ``seed``; each list sorted)."""
+    if k < 2:
+        raise LungcadError(f"out-of-fold masks need at least 2 folds, got {k}")
+    unique = sorted(set(patients))
+    if len(unique) < k:
+        raise LungcadError(f"out-of-fold masks: {len(unique)} segmentation patients cannot fill {k} folds")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return [sorted(unique[i] for i in order[f::k]) for f in range(k)]
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    if not cv2.imwrite(str(tmp), np.where(mask, 255, 0).astype(np.uint8)):
+        raise LungcadError(f"{path}: cannot write predicted mask")
+    os.replace(tmp, path)
+
+
+def _predict_patient(segmenter, bench: Path, out_dir: Path, rows: pd.DataFrame) -> list[dict]:
+    """Predict and write the masks of one patient's slices; returns the areas table rows."""
+    areas = []
+    for _, series in rows.groupby("series_uid", sort=False):
+        shapes = {read_png(bench / p).shape for p in series["image_path"]}
+        for shape in shapes:  # one batch per slice size
+            part = series[[read_png(bench / p).shape == shape for p in series["image_path"]]]
+            images = np.stack([read_png(bench / p) for p in part["image_path"]])
+            masks = segmenter.predict_masks(images)
+            for image_path, mask in zip(part["image_path"], masks):
+                _write_png(predicted_mask_path(out_dir, image_path), mask)
+                areas.append({"image_path": image_path, "patient_id": part["patient_id"].iloc[0],
+                              "area_px": int(mask.sum())})
+    return areas
+
+
+def write_predicted_masks(
+    bench: Path, run_dir: Path, arch: str, cfg: dict, splits: dict, *, resume: bool = False,
+    pretrained: bool = False, weights=None, devices=None,
+) -> dict:
+    """Train the fold models (skipping finished ones) and write every slice's predicted mask.
+
+    Returns a short summary (folds, held-out Dice per fold, patients per model).
+    """
+    from ..inference import SliceSegmenter
+    from .seg import fit_segmenter
+
+    bench, run_dir = Path(bench), Path(run_dir)
+    seg = splits["segmentation"]
+    k = int(cfg["oof_folds"])
+    folds = patient_folds(seg["train"] + seg["val"], k, int(cfg["seed"]))
+    # Held-out folds must not steer training: no plateau decisions, no early stopping, last epoch kept.
+    fold_cfg = {**cfg, "plateau_patience": 10**6, "early_stopping_patience": None}
+    models = {"final": {"run": ".", "trained_on": sorted(seg["train"]), "validated_on": sorted(seg["val"])}}
+    fold_summaries = {}
+    model_of: dict[str, str] = {}
+    for index, held_out in enumerate(folds):
+        name = f"fold-{index}"
+        fold_dir = run_dir / "oof" / name
+        train_ids = sorted(p for j, fold in enumerate(folds) if j != index for p in fold)
+        summary = fit_segmenter(
+            bench, arch, fold_dir, fold_cfg, train_ids, held_out, resume=True, pretrained=pretrained,
+            weights=weights, devices=devices, epochs=int(cfg["oof_epochs"]), select_best=False,
+        )
+        fold_summaries[name] = {"held_out_dice": summary.get("best_val_dice"), "patients": len(held_out)}
+        models[name] = {"run": f"oof/{name}", "trained_on": train_ids, "held_out": held_out}
+        model_of.update({p: name for p in held_out})
+
+    manifest = read_manifest(bench)
+    out_dir = run_dir / MASK_DIR
+    provenance_path = run_dir / PROVENANCE
+    done: dict[str, str] = {}
+    if resume and provenance_path.is_file():
+        import json
+
+        done = json.loads(provenance_path.read_text()).get("patients", {})
+    areas_path = out_dir / "areas.csv"
+    areas: dict[str, list[dict]] = {}
+    if resume and areas_path.is_file():
+        for row in pd.read_csv(areas_path, dtype={"patient_id": str}).to_dict("records"):
+            areas.setdefault(row["patient_id"], []).append(row)
+    segmenters = {}
+    patients: dict[str, str] = {}
+    for patient, rows in manifest.groupby("patient_id", sort=True):
+        name = model_of.get(patient, "final")
+        patients[patient] = name
+        if done.get(patient) == name and patient in areas and all(
+            predicted_mask_path(out_dir, p).is_file() for p in rows["image_path"]
+        ):
+            continue  # resumed: this patient's masks are already written by the same model
+        if name not in segmenters:
+            segmenters[name] = SliceSegmenter.from_run(run_dir / models[name]["run"], device="cpu")
+        areas[patient] = _predict_patient(segmenters[name], bench, out_dir, rows)
+        done[patient] = name
+        if len(done) % FLUSH_EVERY == 0:  # progress on disk: a resumed run skips these patients
+            _write_areas(areas_path, areas)
+            _write_provenance(provenance_path, run_dir, k, models, done, complete=False)
+    _write_areas(areas_path, areas)
+    _write_provenance(provenance_path, run_dir, k, models, patients, complete=True)
+    counts = pd.Series(patients).value_counts().to_dict()
+    return {"folds": k, "fold_models": fold_summaries, "patients_per_model": counts,
+            "masks": str(out_dir), "provenance": str(provenance_path)}
+
+
+def _write_areas(path: Path, areas: dict[str, list[dict]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = [row for patient in sorted(areas) for row in areas[patient]]
+    pd.DataFrame(rows, columns=["image_path", "patient_id", "area_px"]).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _write_provenance(path: Path, run_dir: Path, k: int, models: dict, patients: dict, complete: bool) -> None:
+    write_json(path, {"schema": 1, "seg_run": str(run_dir.resolve()), "folds": k,
+                      "scheme": "out-of-fold", "complete": complete,
+                      "models": models, "patients": dict(sorted(patients.items()))})
+
+
+def saw_patient(provenance: dict, patient: str) -> bool:
+    """True when the model that produced ``patient``'s masks trained or was validated on it
+    (or when the provenance does not say which model did)."""
+    name = provenance.get("patients", {}).get(patient)
+    model = provenance.get("models", {}).get(name)
+    if model is None:
+        return True
+    return patient in set(model.get("trained_on", [])) | set(model.get("validated_on", []))
+
+
+def read_provenance(seg_run: str | Path) -> dict:
+    """``SEGRUN/predicted_masks.json``; a clear error when the run has no complete predicted masks."""
+    import json
+
+    path = Path(seg_run) / PROVENANCE
+    if not path.is_file():
+        raise LungcadError(
+            f"{path}: missing; train the segmenter with out-of-fold masks (--oof-folds 2 or more) first"
+        )
+    try:
+        provenance = json.loads(path.read_text())
+    except ValueError as exc:
+        raise LungcadError(f"{path}: invalid JSON ({exc})") from exc
+    if not provenance.get("complete"):
+        raise LungcadError(f"{path}: predicted masks are incomplete; resume the segmentation run (--resume)")
+    return provenance

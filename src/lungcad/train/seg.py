@@ -1,0 +1,151 @@
+"""``lungcad train-seg``: train one segmenter on a benchmark and write its run folder.
+
+The final model trains on the segmentation ``train`` patients and selects its best epoch on ``val``
+(Dice on nodule slices). With ``oof_folds >= 2`` it then trains the out-of-fold models and writes the
+leakage-free predicted masks that classification phase 2 reads (``train/oof.py``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from ..augment import build_augmentation
+from ..config import resolve, write_yaml
+from ..data import SegmentationDataset, read_manifest, segmentation_items
+from ..errors import LungcadError
+from .engine import SEG_COLUMNS, SUMMARY, FitSpec, SegmentationModule, check_run_dir, fit, seed_all, write_json
+
+WINDOW_HU = [-1200, 0]
+
+
+def seg_model_json(arch: str, cfg: dict) -> dict:
+    """``model.json`` of a segmentation run: enough to rebuild the model and preprocess slices."""
+    return {
+        "task": "segmentation",
+        "arch": arch,
+        "kwargs": dict(cfg.get("model_kwargs") or {}),
+        "in_channels": 1,
+        "image_size": int(cfg["image_size"]),
+        "window_hu": WINDOW_HU,
+        "threshold": 0.5,
+        "preset": cfg.get("preset"),
+        "seed": int(cfg["seed"]),
+    }
+
+
+def _items_for(bench: Path, ids: list[str], cfg: dict, unit: str, seed: int) -> pd.DataFrame:
+    if unit == "slice":  # the paper's slice-level split: the lists hold image paths
+        manifest = read_manifest(bench)
+        return manifest[manifest["image_path"].isin(set(ids))].reset_index(drop=True)
+    return segmentation_items(bench, ids, negatives=float(cfg["negatives"]), seed=seed)
+
+
+def fit_segmenter(
+    bench: Path, arch: str, run_dir: Path, cfg: dict, train_ids: list[str], val_ids: list[str], *,
+    unit: str = "patient", resume: bool = False, pretrained: bool = False, weights=None,
+    devices=None, epochs: int | None = None, select_best: bool = True,
+    early_stopping_patience: int | None = None,
+) -> dict:
+    """Train one segmenter on ``train_ids`` (validated on ``val_ids``) into ``run_dir``."""
+    from ..models import create_segmenter
+
+    seed = int(cfg["seed"])
+    train_items = _items_for(bench, train_ids, cfg, unit, seed)
+    val_items = _items_for(bench, val_ids, cfg, unit, seed)
+    if cfg.get("max_train_slices") and len(train_items) > cfg["max_train_slices"]:
+        train_items = train_items.sample(n=int(cfg["max_train_slices"]), random_state=seed)
+    if train_items.empty:
+        raise LungcadError(f"{bench}: no training slices with nodule masks for segmentation")
+    if val_items.empty:
+        raise LungcadError(f"{bench}: no validation slices with nodule masks for segmentation")
+    size = int(cfg["image_size"])
+    crop = cfg.get("train_crop")
+    crop = int(crop) if crop and int(crop) < size else None  # a window as large as the slice: no crop
+    train_set = SegmentationDataset(
+        train_items, bench, size,
+        build_augmentation(cfg["augmentation"], size, crop, cfg.get("nodule_crop_p", 0.9)),
+    )
+    val_set = SegmentationDataset(val_items, bench, size, None)
+    seed_all(seed)  # the same initial weights on every run
+    model = create_segmenter(arch, in_channels=1, pretrained=pretrained, weights=weights,
+                             **(cfg.get("model_kwargs") or {}))
+    spec = FitSpec(
+        run_dir=run_dir, cfg=cfg, model_json=seg_model_json(arch, cfg), history_columns=SEG_COLUMNS,
+        monitor="val_dice", epochs=int(epochs or cfg["epochs"]), batch_size=int(cfg["batch_size"]),
+        val_batch_size=int(cfg["val_batch_size"]), select_best=select_best,
+        early_stopping_patience=early_stopping_patience, resume=resume, devices=devices,
+        extra_summary={"train_patients": len(set(train_items["patient_id"])),
+                       "val_patients": len(set(val_items["patient_id"]))},
+    )
+    return fit(SegmentationModule(model, cfg), train_set, val_set, spec)
+
+
+def copy_splits(bench: Path, run_dir: Path) -> None:
+    """``RUN/splits.json``: the split the run used."""
+    shutil.copyfile(bench / "splits.json", run_dir / "splits.json")
+
+
+def train_segmenter(
+    bench: str | Path,
+    arch: str,
+    out: str | Path,
+    preset: str = "cpu",
+    epochs: int | None = None,
+    resume: bool = False,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    devices=None,
+    overrides: dict | None = None,
+    oof_folds: int | None = None,
+) -> dict:
+    """Train segmenter ``arch`` on benchmark ``bench``; write the run folder ``out``.
+
+    Args:
+        preset: ``cpu`` or ``paper`` (``lungcad.train.presets``); ``overrides`` replace its values.
+        epochs: overrides the preset's epoch count (``--epochs``).
+        resume: continue from ``out/checkpoints/last.ckpt`` (finished fold models are kept).
+        pretrained / weights: ImageNet encoder weights (downloads) / a local weights file.
+        devices: Lightning ``devices`` (default: the config's, ``auto``).
+        oof_folds: out-of-fold models for phase-2 masks (default: the preset's; < 2 disables).
+
+    Returns the summary (best validation Dice, epochs, paths), also written to ``out/summary.json``.
+    """
+    from ..splits import load_splits
+
+    bench, run_dir = Path(bench), Path(out)
+    overrides = dict(overrides or {})
+    if epochs is not None:
+        overrides["epochs"] = int(epochs)
+    if oof_folds is not None:
+        overrides["oof_folds"] = int(oof_folds)
+    cfg = resolve("segmentation", preset, arch, overrides)
+    splits = load_splits(bench)
+    check_run_dir(run_dir, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml({**cfg, "bench": str(bench.resolve()), "pretrained": bool(pretrained),
+                "weights": str(weights) if weights else None}, run_dir / "config.yaml")
+    copy_splits(bench, run_dir)
+    unit = splits.get("unit", "patient")
+    parts = splits["segmentation"]
+    summary = fit_segmenter(
+        bench, arch, run_dir, cfg, parts["train"], parts["val"], unit=unit, resume=resume,
+        pretrained=pretrained, weights=weights, devices=devices,
+        early_stopping_patience=cfg.get("early_stopping_patience"),
+    )
+    summary.update({"task": "segmentation", "arch": arch, "preset": preset})
+    folds = int(cfg.get("oof_folds") or 0)
+    if folds >= 2:
+        if unit != "patient":
+            summary["oof"] = "skipped: out-of-fold masks need a patient-level split"
+        else:
+            from .oof import write_predicted_masks
+
+            summary["oof"] = write_predicted_masks(
+                bench, run_dir, arch, cfg, splits, resume=resume, pretrained=pretrained,
+                weights=weights, devices=devices,
+            )
+    write_json(run_dir / SUMMARY, summary)
+    return summary

@@ -1,0 +1,191 @@
+"""evaluate_run / compare_runs on a tiny hand-made benchmark, and the plots."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lungcad.errors import LungcadError
+
+SIZE = 64
+# patient -> (dataset, label, nodule radius in px; 0 = no mask at all)
+PATIENTS = {
+    "dsa/p1": ("dsa", 0, 3), "dsa/p2": ("dsa", 1, 8), "dsa/p3": ("dsa", 0, 4), "dsa/p4": ("dsa", 1, 9),
+    "dsb/p5": ("dsb", 0, 3), "dsb/p6": ("dsb", 1, 7), "dsb/p7": ("dsb", 0, 2), "dsb/p8": ("dsb", 1, 10),
+    "dsc/p9": ("dsc", 1, 0),
+}
+SPLITS = {
+    "train": ["dsa/p1", "dsa/p2", "dsb/p5", "dsb/p6"],
+    "val": ["dsa/p3"],
+    "test": ["dsa/p4", "dsb/p7", "dsb/p8", "dsc/p9"],
+}
+NODULE_SLICES = (1, 2)  # of 4 slices per series
+
+
+def _disk(radius):
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    return (yy - 30) ** 2 + (xx - 34) ** 2 <= radius**2
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    rows = []
+    for pid, (dataset, label, radius) in PATIENTS.items():
+        for k in range(4):
+            name = pid.split("/")[1]
+            image_path = f"images/{dataset}/{name}/s{name}_{k}.png"
+            (root / image_path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8)).save(root / image_path)
+            mask_path, source, area = "", "none", ""
+            if radius:
+                mask = _disk(radius) if k in NODULE_SLICES else np.zeros((SIZE, SIZE), bool)
+                mask_path = f"masks/{dataset}/{name}/s{name}_{k}.png"
+                (root / mask_path).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_path)
+                source, area = "gt", int(mask.sum())
+            rows.append({"image_path": image_path, "mask_path": mask_path, "patient_id": pid, "label": label,
+                         "dataset": dataset, "series_uid": f"s{name}", "slice_index": k, "z_mm": float(k),
+                         "spacing_row_mm": 0.5, "spacing_col_mm": 0.5, "slice_thickness_mm": 1.0,
+                         "mask_source": source, "nodule_area_px": area, "split": ""})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    seg = {part: [p for p in ids if PATIENTS[p][2]] for part, ids in SPLITS.items()}
+    (root / "splits.json").write_text(json.dumps({"seed": 42, "unit": "patient", "classification": SPLITS,
+                                                  "segmentation": seg}))
+    return root
+
+
+def _zeroed(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
+
+
+def _seg_run(path, bench, threshold):
+    from lungcad.models import create_segmenter, save_run_model
+
+    model = _zeroed(create_segmenter("lightunet", base_channels=4))  # logits 0 -> probability 0.5
+    save_run_model(path, model, {"task": "segmentation", "arch": "lightunet", "kwargs": {"base_channels": 4},
+                                 "in_channels": 1, "image_size": SIZE, "threshold": threshold})
+    (path / "config.yaml").write_text(f"bench: {bench}\n")
+    return path
+
+
+def _cls_run(path, bench, seg_run):
+    from lungcad.models import create_classifier, save_run_model
+
+    model = _zeroed(create_classifier("mobilenetv3-large"))  # every slice: probability 0.5
+    save_run_model(path, model, {"task": "classification", "arch": "mobilenetv3-large", "kwargs": {},
+                                 "in_channels": 7, "image_size": 32, "crop": 16, "seg_run": str(seg_run)})
+    (path / "config.yaml").write_text(f"bench: {bench}\n")
+    return path
+
+
+def test_segmentation_run_all_foreground(bench, tmp_path):
+    from lungcad.evaluate import evaluate_run
+
+    run = _seg_run(tmp_path / "seg", bench, threshold=0.4)  # 0.5 >= 0.4: every pixel is foreground
+    m = evaluate_run(run, split="all", progress=False, quiet=True, n_boot=50)
+    assert (run / "metrics.json").is_file() and (run / "metrics.md").is_file()
+    assert json.loads((run / "metrics.json").read_text())["results"]["test"]["n_slices"] == 12
+    test = m["results"]["test"]  # p4 (r=9), p7 (r=2), p8 (r=10); p9 has no mask
+    areas = [int(_disk(r).sum()) for r in (9, 2, 10)]
+    dices = [2 * a / (SIZE * SIZE + a) for a in areas]
+    assert test["n_patients"] == 3 and test["n_nodule_slices"] == 6
+    assert test["dice_nodule"] == pytest.approx(np.mean(dices))
+    assert test["dice_all"] == pytest.approx(np.mean(dices) / 2)  # empty slices score 0
+    assert test["fp_rate_empty"] == 1.0
+    # 3D: two nodule slices + two empty all-foreground slices per series
+    dice3d = [2 * 2 * a / (4 * SIZE * SIZE + 2 * a) for a in areas]
+    assert test["dice_3d"] == pytest.approx(np.mean(dice3d))
+    low, high = test["ci"]["dice_nodule"]
+    assert low <= test["dice_nodule"] <= high
+    assert set(test["per_dataset"]) == {"dsa", "dsb"}
+    assert m["results"]["val"]["n_patients"] == 1 and "train" in m["results"]
+    assert m["test_dice_all"] == pytest.approx(test["dice_all"])
+
+
+def test_segmentation_run_predicting_nothing(bench, tmp_path):
+    from lungcad.evaluate import evaluate_run
+
+    run = _seg_run(tmp_path / "seg", bench, threshold=0.6)
+    out = tmp_path / "elsewhere" / "m.json"
+    m = evaluate_run(run, split="test", out=out, progress=False, quiet=True, n_boot=20)
+    assert out.is_file() and not (run / "metrics.json").exists()
+    test = m["results"]["test"]
+    assert test["dice_nodule"] == 0.0 and test["fp_rate_empty"] == 0.0
+    assert test["dice_all"] == pytest.approx(0.5)
+    assert list(m["results"]) == ["test"]
+
+
+@pytest.mark.slow
+def test_classification_run_with_baseline_and_compare(bench, tmp_path, capsys):
+    from lungcad.evaluate import compare_runs, evaluate_run
+
+    seg = _seg_run(tmp_path / "seg", bench, threshold=0.4)
+    run = _cls_run(tmp_path / "cls", bench, seg)
+    m = evaluate_run(run, split="test", progress=False, n_boot=50)
+    assert "# Evaluation of cls" in capsys.readouterr().out
+    test = m["results"]["test"]
+    assert test["headline"] == "predicted_masks"
+    gt, pred = test["gt_masks"], test["predicted_masks"]
+    # GT masks: p4, p7, p8 (p9 has none); predicted masks cover p9 too. Every probability is 0.5 -> malignant.
+    assert gt["n"] == 3 and pred["n"] == 4
+    assert gt["accuracy"] == pytest.approx(2 / 3) and pred["accuracy"] == pytest.approx(3 / 4)
+    assert pred["auc"] == pytest.approx(0.5) and gt["confusion_matrix"] == [[0, 1], [0, 2]]
+    assert pred["n_no_nodule_found"] == 0 and pred["segmenter_saw_patients"] is False
+    assert gt["n_slices"] == 6 and pred["n_slices"] == 16
+    # Baseline: larger nodules are malignant in this bench -> perfect ranking on p4, p7, p8.
+    assert test["baseline_diameter"]["n_patients"] == 3
+    assert test["baseline_diameter"]["auc"] == pytest.approx(1.0)
+    assert test["vs_baseline"]["n_patients"] == 3 and test["vs_baseline"]["auc_b"] == pytest.approx(1.0)
+    for name in ("confusion_test.png", "roc_test.png"):
+        assert (run / "figures" / name).stat().st_size > 0
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert set(predictions["masks"]) == {"gt_masks", "predicted_masks", "baseline_diameter"}
+    same = compare_runs(run, run)
+    assert same["p"] == 1.0 and same["n_patients"] == 4
+
+
+def test_missing_bench_and_bad_split_are_clear_errors(bench, tmp_path):
+    from lungcad.evaluate import compare_runs, evaluate_run
+
+    run = _seg_run(tmp_path / "seg", bench, threshold=0.4)
+    (run / "config.yaml").write_text("preset: cpu\n")
+    with pytest.raises(LungcadError, match="config.yaml.*--bench"):
+        evaluate_run(run, progress=False, quiet=True)
+    with pytest.raises(LungcadError, match="unknown split"):
+        evaluate_run(run, bench=bench, split="holdout", progress=False, quiet=True)
+    with pytest.raises(LungcadError, match="predictions.csv"):
+        compare_runs(run, run)
+
+
+def test_plots_write_png(tmp_path):
+    from lungcad.plots import plot_confusion, plot_history, plot_roc
+
+    history = tmp_path / "history.csv"
+    pd.DataFrame({"epoch": [1, 2, 3, 4], "phase": [1, 1, 2, 2], "train_loss": [1.0, 0.8, 0.7, 0.6],
+                  "val_loss": [1.1, 0.9, 0.8, 0.7], "val_auc": [0.5, 0.6, 0.7, 0.8],
+                  "val_accuracy": [0.5, 0.6, 0.6, 0.7], "val_f1": [0.4, 0.5, 0.6, 0.7]}).to_csv(history, index=False)
+    for path in (
+        plot_history(history, tmp_path / "fig", "classification"),
+        plot_confusion([[3, 1], [2, 5]], tmp_path / "cm.png"),
+        plot_roc({"a": ([0, 1, 0, 1], [0.1, 0.9, 0.4, 0.6])}, tmp_path / "roc.png"),
+    ):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+    seg_history = tmp_path / "seg.csv"
+    pd.DataFrame({"train_loss": [1, 0.5], "val_dice": [0.2, 0.4], "val_iou": [0.1, 0.3]}).to_csv(seg_history, index=False)
+    assert plot_history(seg_history, tmp_path / "segfig", "segmentation").stat().st_size > 1000
+    with pytest.raises(LungcadError, match="none of the columns"):
+        plot_history(_only_epoch(tmp_path), tmp_path / "x", "segmentation")
+
+
+def _only_epoch(tmp_path):
+    path = tmp_path / "epochs.csv"
+    pd.DataFrame({"epoch": [1, 2]}).to_csv(path, index=False)
+    return path

@@ -1,0 +1,173 @@
+"""SliceSegmenter / SliceClassifier: pre/post-processing, backends (torch, ONNX, bf16), run checks."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lungcad.errors import LungcadError
+from lungcad.export_onnx import export_onnx
+from lungcad.inference import SliceClassifier, SliceSegmenter
+from lungcad.models import create_classifier, create_segmenter, save_run_model
+
+SIZE = 64
+
+
+def disc_images(rng: np.random.Generator, n: int, height: int = SIZE, width: int = SIZE):
+    """Bright discs (nodule-like, about 0 HU) on a dark noisy background (lung, about -900 HU)."""
+    yy, xx = np.mgrid[:height, :width]
+    images = rng.normal(64, 12, (n, height, width))
+    masks = np.zeros((n, height, width), bool)
+    for i in range(n):
+        for _ in range(int(rng.integers(1, 3))):
+            cy, cx = rng.uniform(10, height - 10), rng.uniform(10, width - 10)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(3, 8) ** 2
+            images[i][disc] = rng.uniform(170, 250)
+            masks[i] |= disc
+    return np.clip(images, 0, 255).astype(np.uint8), masks
+
+
+def train_disc_segmenter(run_dir, steps: int = 50, seed: int = 0):
+    """A LightUNet trained a few steps to find bright discs: non-trivial masks for tests."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = create_segmenter("lightunet")
+    optim = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        images, masks = disc_images(rng, 8)
+        x = torch.from_numpy(images / 255.0).float()[:, None]
+        y = torch.from_numpy(masks).float()[:, None]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    save_run_model(run_dir, model.eval(), {"task": "segmentation", "arch": "lightunet", "kwargs": {},
+                                           "in_channels": 1, "image_size": SIZE,
+                                           "window_hu": [-1200, 0], "threshold": 0.5})
+    return run_dir
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    return train_disc_segmenter(tmp_path_factory.mktemp("seg-run"))
+
+
+@pytest.fixture(scope="module")
+def cls_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cls-run")
+    torch.manual_seed(0)
+    save_run_model(run, create_classifier("mobilenetv3-large"),
+                   {"task": "classification", "arch": "mobilenetv3-large", "kwargs": {},
+                    "in_channels": 7, "image_size": 64, "crop": 32, "window_hu": [-1200, 0]})
+    return run
+
+
+def test_segmenter_finds_discs_at_any_input_size(seg_run):
+    # 96x80 input: resized to the model's 64x64 and back, so masks must still land on the discs.
+    images, truth = disc_images(np.random.default_rng(1), 4, 96, 80)
+    seg = SliceSegmenter.from_run(seg_run, batch_size=3)
+    proba = seg.predict_proba(images)
+    assert proba.shape == images.shape and proba.dtype == np.float32
+    assert proba.min() >= 0.0 and proba.max() <= 1.0
+    assert dice(seg.predict_masks(images), truth) > 0.7
+
+
+def test_threshold_comes_from_model_json(seg_run):
+    images, _ = disc_images(np.random.default_rng(2), 2)
+    seg = SliceSegmenter.from_run(seg_run)
+    proba = seg.predict_proba(images)
+    seg.model_json = {**seg.model_json, "threshold": 0.9}
+    np.testing.assert_array_equal(seg.predict_masks(images), proba >= 0.9)
+
+
+def test_onnx_backend_matches_torch(seg_run):
+    images, _ = disc_images(np.random.default_rng(3), 6)
+    torch_seg = SliceSegmenter.from_run(seg_run, backend="torch")
+    onnx_seg = SliceSegmenter.from_run(seg_run, backend="onnx")
+    for roi in (None, (8, 40, 16, 60)):
+        p_torch = torch_seg.predict_proba(images, roi=roi)
+        p_onnx = onnx_seg.predict_proba(images, roi=roi)
+        assert np.abs(p_torch - p_onnx).max() <= 1e-3
+        masks = p_torch >= 0.5
+        assert masks.any()
+        assert dice(masks, p_onnx >= 0.5) >= 0.99
+
+
+def test_bf16_autocast_close_to_fp32(seg_run):
+    images, _ = disc_images(np.random.default_rng(4), 4)
+    fp32 = SliceSegmenter.from_run(seg_run).predict_masks(images)
+    bf16 = SliceSegmenter.from_run(seg_run, precision="bf16").predict_masks(images)
+    assert dice(fp32, bf16) >= 0.95
+
+
+def test_roi_restricts_the_network_to_the_region(seg_run):
+    images, truth = disc_images(np.random.default_rng(5), 4, 128, 128)
+    yy, xx = np.mgrid[:128, :128]
+    corner = (yy - 112) ** 2 + (xx - 112) ** 2 <= 36   # a disc far outside the region
+    images[:, corner] = 230
+    seg = SliceSegmenter.from_run(seg_run)
+    roi = (20, 60, 30, 70)
+    full = seg.predict_masks(images)
+    cropped = seg.predict_masks(images, roi=roi)
+    assert full[:, corner].mean() > 0.5
+    # The region grows to sides of 32 model pixels (here <= 32 input pixels more per side);
+    # nothing is predicted beyond that, and inside the requested region the masks agree.
+    grown = np.zeros((128, 128), bool)
+    grown[max(0, 20 - 32):60 + 32, max(0, 30 - 32):70 + 32] = True
+    assert not cropped[:, ~grown].any()
+    inside = np.zeros((128, 128), bool)
+    inside[20:60, 30:70] = True
+    assert dice(full[:, inside], cropped[:, inside]) >= 0.95
+
+
+def test_stale_model_onnx_is_not_used(tmp_path):
+    run = tmp_path / "run"
+    torch.manual_seed(1)
+    info = {"task": "segmentation", "arch": "lightunet", "kwargs": {}, "in_channels": 1,
+            "image_size": SIZE, "window_hu": [-1200, 0], "threshold": 0.5}
+    save_run_model(run, create_segmenter("lightunet"), info)
+    export_onnx(run, run / "model.onnx", check=False)
+    old = time.time() - 100
+    os.utime(run / "model.onnx", (old, old))
+    torch.manual_seed(2)
+    save_run_model(run, create_segmenter("lightunet"), info)  # the run trained further
+    images, _ = disc_images(np.random.default_rng(6), 2)
+    p_torch = SliceSegmenter.from_run(run).predict_proba(images)
+    p_onnx = SliceSegmenter.from_run(run, backend="onnx").predict_proba(images)
+    assert np.abs(p_torch - p_onnx).max() <= 1e-3
+
+
+def test_classifier_reads_input_size_and_crop_and_agrees_across_backends(cls_run):
+    clf = SliceClassifier.from_run(cls_run, batch_size=2)
+    assert (clf.input_size, clf.crop) == (64, 32)
+    feats = np.random.default_rng(7).random((5, 7, 64, 64), dtype=np.float32)
+    p = clf.predict_proba(feats)
+    assert p.shape == (5,) and p.dtype == np.float32
+    assert ((p >= 0) & (p <= 1)).all()
+    # Batching must not change the answer, nor must the runtime.
+    one_by_one = np.concatenate([clf.predict_proba(feats[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(p, one_by_one, atol=1e-5)
+    p_onnx = SliceClassifier.from_run(cls_run, backend="onnx").predict_proba(feats)
+    assert np.abs(p - p_onnx).max() <= 1e-3
+
+
+def test_wrong_task_and_bad_options_are_clear_errors(seg_run, cls_run, tmp_path):
+    with pytest.raises(LungcadError, match="segmentation run"):
+        SliceClassifier.from_run(seg_run)
+    with pytest.raises(LungcadError, match="classification run"):
+        SliceSegmenter.from_run(cls_run)
+    with pytest.raises(LungcadError, match="backend"):
+        SliceSegmenter.from_run(seg_run, backend="tensorrt")
+    with pytest.raises(LungcadError, match="fp32"):
+        SliceSegmenter.from_run(seg_run, backend="onnx", precision="bf16")
+    with pytest.raises(LungcadError, match="model.json"):
+        SliceSegmenter.from_run(tmp_path)
