@@ -150,6 +150,10 @@ def test_classification_run_with_baseline_and_compare(bench, tmp_path, capsys):
     assert set(predictions["masks"]) == {"gt_masks", "predicted_masks", "baseline_diameter"}
     same = compare_runs(run, run)
     assert same["p"] == 1.0 and same["n_patients"] == 4
+    # a second run never evaluated: compare_runs evaluates it first (GT masks only: no seg run)
+    other = _cls_run(tmp_path / "cls2", bench, tmp_path / "no-such-seg-run")
+    versus = compare_runs(run, other, masks="gt_masks")
+    assert (other / "predictions.csv").is_file() and versus["n_patients"] == 3 and versus["p"] == 1.0
 
 
 def test_missing_bench_and_bad_split_are_clear_errors(bench, tmp_path):
@@ -161,7 +165,7 @@ def test_missing_bench_and_bad_split_are_clear_errors(bench, tmp_path):
         evaluate_run(run, progress=False, quiet=True)
     with pytest.raises(LungcadError, match="unknown split"):
         evaluate_run(run, bench=bench, split="holdout", progress=False, quiet=True)
-    with pytest.raises(LungcadError, match="predictions.csv"):
+    with pytest.raises(LungcadError, match="not a classification run"):
         compare_runs(run, run)
 
 

@@ -89,7 +89,7 @@ def test_find_nodules_measures_a_sphere_in_world_coordinates():
     np.testing.assert_allclose(n.centroid_mm, expected, atol=0.3)
     assert n.volume_mm3 == pytest.approx(4 / 3 * math.pi * 6.0 ** 3, rel=0.1)
     assert n.diameter_mm == pytest.approx(12.0, abs=1.5)
-    assert n.slices == list(range(5, 16)) and n.largest_slice == 10
+    assert n.slices == list(range(4, 17)) and n.largest_slice == 10
     assert n.confidence == pytest.approx(0.8)
 
 

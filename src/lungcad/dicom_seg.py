@@ -21,13 +21,21 @@ from .errors import LungcadError
 from .predict import PredictionResult
 
 SEGMENT_LABEL = "Lung nodule"
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                 "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
 
 def _source_datasets(files: list[str]):
     import pydicom
 
     # Pixel data are not needed: highdicom reads geometry and identifiers from the headers.
-    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    for ds in datasets:
+        # Type 2 patient/study attributes that the SEG copies: present but possibly empty.
+        for keyword in _TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    return datasets
 
 
 def build_dicom_seg(result: PredictionResult):

@@ -598,19 +598,34 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
     return metrics
 
 
-def compare_runs(run_a, run_b, bench=None, split: str = "test", masks: str | None = None) -> dict:
-    """DeLong test between two evaluated classification runs on the patients they share.
+def _run_predictions(run: Path, bench, split: str) -> tuple[Path, pd.DataFrame]:
+    """``RUN/predictions.csv``; the run is evaluated first when it has none yet."""
+    from .models.run_io import read_model_json
 
-    Reads each run's ``predictions.csv`` (written by ``evaluate_run``; a clear error when missing)
-    and uses each run's headline mask source unless ``masks`` names one. ``bench`` is accepted for
-    symmetry with the CLI and unused: the predictions already hold the labels.
+    if read_model_json(run).get("task") != "classification":
+        raise LungcadError(f"{run}: not a classification run; --compare needs two classification runs")
+    path = run / "predictions.csv"
+    if not path.is_file():
+        evaluate_run(run, bench=bench, split=split, progress=False, quiet=True)
+    if not path.is_file():
+        raise LungcadError(f"{run}: evaluation produced no patient predictions (no usable patient in the split)")
+    return path, pd.read_csv(path, dtype={"patient_id": str, "split": str, "masks": str})
+
+
+def compare_runs(run_a, run_b, bench=None, split: str = "test", masks: str | None = None) -> dict:
+    """DeLong test between two classification runs on the patients they share.
+
+    Uses each run's ``predictions.csv`` (written by ``evaluate_run``; a run without one is evaluated
+    first, on ``bench`` or the benchmark of its config) and each run's headline mask source
+    (predicted masks when present) unless ``masks`` names one. ``split='all'`` compares each split
+    and returns ``{split: result}``.
     """
+    if split == "all":
+        return {name: compare_runs(run_a, run_b, bench, name, masks) for name in SPLITS}
+    _split_names(split)
     frames = []
     for run in (Path(run_a), Path(run_b)):
-        path = run / "predictions.csv"
-        if not path.is_file():
-            raise LungcadError(f"{run}: no predictions.csv; run `lungcad evaluate {run}` first")
-        table = pd.read_csv(path, dtype={"patient_id": str, "split": str, "masks": str})
+        path, table = _run_predictions(run, bench, split)
         table = table[table["split"] == split]
         if table.empty:
             raise LungcadError(f"{path}: no predictions for split {split!r}; evaluate with --split {split} or all")
@@ -622,11 +637,13 @@ def compare_runs(run_a, run_b, bench=None, split: str = "test", masks: str | Non
             raise LungcadError(f"{path}: no {chosen} predictions for split {split!r}")
         frames.append(table[["patient_id", "label", "prob"]].assign(masks=chosen))
     both = frames[0].merge(frames[1], on="patient_id", suffixes=("_a", "_b"))
-    if (both["label_a"] != both["label_b"]).any():
-        raise LungcadError(f"{run_a} and {run_b}: the same patient has different labels; were they evaluated on the same benchmark?")
     if both.empty:
         raise LungcadError(f"{run_a} and {run_b}: no patient in common on split {split!r}")
+    if (both["label_a"] != both["label_b"]).any():
+        raise LungcadError(f"{run_a} and {run_b}: the same patient has different labels; "
+                           "were they evaluated on the same benchmark?")
     test = delong_test(both["label_a"].to_numpy(int), both["prob_a"], both["prob_b"])
     result = {"run_a": str(run_a), "run_b": str(run_b), "split": split, "n_patients": int(len(both)),
-              "masks_a": frames[0]["masks"].iloc[0], "masks_b": frames[1]["masks"].iloc[0], **test}
+              "masks_a": frames[0]["masks"].iloc[0], "masks_b": frames[1]["masks"].iloc[0],
+              "method": "DeLong test, two correlated ROC curves", **test}
     return _json_ready(result)
