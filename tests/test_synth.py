@@ -235,7 +235,7 @@ def test_luna16_flipped_mhd_world_coordinates_hit_the_nodule(tree):
 
 
 def test_luna16_flipped_scan_label_matches_phantom_via_sitk(tmp_path):
-    """Same phantom geometry as the writer: the label rebuilt from the XML contours sits on the nodule."""
+    """SimpleITK maps a nodule centre to a slice it spans, and column 0 of the rotated array is the +x side."""
     generate(tmp_path, seed=5, patients=2, size=64, n_slices=16, sources=["luna16"], progress=False)
     truth = json.loads((tmp_path / "synth_truth.json").read_text())
     p = next(p for p in _patients(truth, "luna16") if p["series"][0]["flipped"])

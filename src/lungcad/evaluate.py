@@ -579,6 +579,10 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
         results, predictions, seg_path = _evaluate_classification(
             run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot)
         metrics["seg_run"] = str(seg_path) if seg_path else None
+        if seg_path is None:
+            recorded = info.get("seg_run")
+            metrics["notes"] = [f"segmentation run {recorded} recorded in model.json not found: ground-truth masks only"
+                                if recorded else "no segmentation run given (--seg-run): ground-truth masks only"]
         metrics["aggregation"] = "mean of slice probabilities per patient, threshold 0.5"
         figures = _classification_figures(run, results, predictions)
     metrics.update(_headline_scalars(task, results))

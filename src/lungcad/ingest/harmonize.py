@@ -8,10 +8,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 WINDOW_HU = (-1200.0, 0.0)
-PNG_COMPRESS_LEVEL = 1  # fast; PNG stays lossless whatever the level
+# Fast lossless PNG: zlib level 1 with the run-length strategy was the quickest and smallest of
+# the settings we measured on CT slices (Pillow level 1, OpenCV default/filtered/huffman/RLE).
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 def lung_window(hu: np.ndarray) -> np.ndarray:
@@ -76,9 +77,15 @@ def write_png_atomic(path: Path, image_u8: np.ndarray) -> None:
     so that a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.ascontiguousarray(image_u8, dtype=np.uint8)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D uint8 slice, got shape {image.shape}")
+    ok, encoded = cv2.imencode(".png", image, _PNG_PARAMS)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(np.ascontiguousarray(image_u8, dtype=np.uint8)).save(
-        tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    with open(tmp, "wb") as fh:
+        fh.write(encoded.tobytes())
     os.replace(tmp, path)
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.spatial.distance import cdist
 
 from lungcad.errors import InputError
 
@@ -179,7 +178,7 @@ def cluster_nodules(read: LidcRead, pixel_spacing: float = 1.0, tol_mm: float = 
         for group in groups:
             if any(other.reader == mark.reader for other in group):
                 continue
-            gap = min(cdist(clouds[id(mark)], clouds[id(o)]).min() for o in group)
+            gap = min(_min_distance(clouds[id(mark)], clouds[id(o)]) for o in group)
             if gap > tol_mm:
                 continue
             centre = np.mean([centroid[id(o)] for o in group], axis=0)
@@ -196,6 +195,11 @@ def cluster_nodules(read: LidcRead, pixel_spacing: float = 1.0, tol_mm: float = 
         return (round(centre[2], 3), round(centre[1], 3), round(centre[0], 3))
 
     return sorted(groups, key=sort_key)
+
+
+def _min_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest Euclidean distance between two point sets (rows)."""
+    return float(np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2).min()))
 
 
 def _subsample(points: np.ndarray, limit: int = 256) -> np.ndarray:

@@ -92,6 +92,3 @@ def label_slices(mask: np.ndarray) -> list[int]:
     """Array z indices where ``mask`` has voxels."""
     return [int(k) for k in np.nonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0]]
 
-
-def with_flip(label: np.ndarray, flip_xy: bool) -> np.ndarray:
-    return label[:, ::-1, ::-1] if flip_xy else label
