@@ -193,3 +193,26 @@ def _only_epoch(tmp_path):
     path = tmp_path / "epochs.csv"
     pd.DataFrame({"epoch": [1, 2]}).to_csv(path, index=False)
     return path
+
+
+def test_diameter_baseline_by_hand():
+    from lungcad.baseline import diameter_baseline, patient_max_diameter_mm
+
+    manifest = pd.DataFrame({
+        "patient_id": ["a", "a", "b", "c", "d", "e"],
+        "label": [1, 1, 0, 1, 0, 0],
+        "nodule_area_px": [100, 400, 50, 0, 30, 900],
+        "spacing_row_mm": [0.5, 0.5, 1.0, 1.0, 2.0, 1.0],
+        "spacing_col_mm": [2.0, 2.0, 1.0, 1.0, 2.0, 1.0],
+        "mask_source": ["gt", "gt", "gt", "gt", "gt", "none"],
+    })
+    d = patient_max_diameter_mm(manifest)
+    # a: 400 px * 1 mm2 -> 2 sqrt(400/pi); b: 50 mm2; d: 30 px * 4 mm2 = 120 mm2; c has no area; e no mask
+    assert sorted(d.index) == ["a", "b", "d"]
+    assert d["a"] == pytest.approx(2 * np.sqrt(400 / np.pi))
+    assert d["d"] == pytest.approx(2 * np.sqrt(120 / np.pi))
+    fitted, frame = diameter_baseline(manifest, ["a", "b"], ["a", "b", "c", "d"])
+    assert list(frame["patient_id"]) == ["a", "b", "d"]
+    assert fitted.describe()["coef_per_mm"] > 0  # the larger nodule is the malignant one
+    probs = frame.set_index("patient_id")["prob"]
+    assert probs["a"] > probs["d"] > probs["b"]

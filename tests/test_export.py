@@ -46,15 +46,15 @@ def _torch(run, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_segmenter_export_has_dynamic_axes_and_metadata(seg_run, tmp_path, dynamo):
     summary = export_onnx(seg_run, tmp_path / "seg.onnx", dynamo=dynamo)
-    assert summary["max_abs_diff"] < 1e-4
+    assert summary["max_abs_diff"] <= 1e-5 * max(1.0, summary["max_abs_logit"])
     assert summary["exporter"] == ("dynamo" if dynamo else "torchscript")
     stored = model_json_from_onnx(tmp_path / "seg.onnx")
     assert stored["arch"] == "lightunet" and stored["image_size"] == 64
     # Batch and spatial size differ from the export example (2 x 64 x 64).
     x = np.random.default_rng(0).random((5, 1, 96, 128), dtype=np.float32)
-    got = _run_onnx(tmp_path / "seg.onnx", x)
+    got, want = _run_onnx(tmp_path / "seg.onnx", x), _torch(seg_run, x)
     assert got.shape == (5, 1, 96, 128)
-    assert np.abs(got - _torch(seg_run, x)).max() < 1e-4
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
 
 
 def test_classifier_export_has_a_dynamic_batch(tmp_path):
@@ -64,10 +64,12 @@ def test_classifier_export_has_a_dynamic_batch(tmp_path):
                    {"task": "classification", "arch": "mobilenetv3-large", "kwargs": {},
                     "in_channels": 7, "image_size": 64, "crop": 32})
     summary = export_onnx(run, tmp_path / "cls.onnx")
-    assert summary["task"] == "classification" and summary["max_abs_diff"] < 1e-4
+    assert summary["task"] == "classification"
+    assert summary["max_abs_diff"] <= 1e-5 * max(1.0, summary["max_abs_logit"])
     x = np.random.default_rng(1).random((3, 7, 64, 64), dtype=np.float32)
-    np.testing.assert_allclose(_run_onnx(tmp_path / "cls.onnx", x).reshape(3),
-                               _torch(run, x).reshape(3), atol=1e-4)
+    want = _torch(run, x).reshape(3)
+    np.testing.assert_allclose(_run_onnx(tmp_path / "cls.onnx", x).reshape(3), want,
+                               atol=1e-5 * max(1.0, np.abs(want).max()))
 
 
 def test_export_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):

@@ -374,3 +374,55 @@ def test_adapters_discover_is_cheap_and_picklable(tmp_path):
     tasks, _ = get_adapter("lung-pet-ct-dx").discover(tmp_path / "raw", IngestOptions())
     assert len(tasks) == 2
     assert pickle.loads(pickle.dumps(tasks))[0].series_uid == tasks[0].series_uid
+
+
+# ----------------------------------------------------------------------------- synthetic trees (lungcad.synth)
+
+@pytest.fixture(scope="module")
+def synth_tree(tmp_path_factory):
+    synth = pytest.importorskip("lungcad.synth")
+    if not hasattr(synth, "generate"):
+        pytest.skip("lungcad.synth.generate is not available yet")
+    out = tmp_path_factory.mktemp("synth")
+    synth.generate(out, patients=2, seed=42, size=64, n_slices=16,
+                   sources=["lidc-idri", "lungct-diagnosis", "lung-pet-ct-dx"], progress=False)
+    return out, json.loads((out / "synth_truth.json").read_text())
+
+
+@pytest.mark.parametrize("rule, key", [("paper", "label"), ("median", "label_median_rule")])
+def test_synth_labels_and_nodule_slices_match_the_truth(synth_tree, tmp_path, rule, key):
+    raw, truth = synth_tree
+    sources = {s: raw / truth["sources"][s]["root"] for s in ("lidc-idri", "lungct-diagnosis", "lung-pet-ct-dx")}
+    run_ingest(sources, tmp_path / "bench", IngestOptions(label_rule=rule), progress=False)
+    rows = read_rows(tmp_path / "bench")
+    for source in sources:
+        for patient in truth["sources"][source]["patients"]:
+            pid = f"{source}/{patient['patient_id']}"
+            mine = [r for r in rows if r["patient_id"] == pid]
+            expected = patient.get(key, patient["label"]) if source == "lidc-idri" else patient["label"]
+            if expected is None:
+                assert not mine, f"{pid} should be excluded under the {rule} rule"
+                continue
+            assert {r["label"] for r in mine} == {str(expected)}, pid
+            if source == "lidc-idri":
+                truth_z = {round(z, 2) for n in patient["nodules"] for z in n["z_mm"]}
+                marked = {round(float(r["z_mm"]), 2) for r in mine if int(r["nodule_area_px"]) > 0}
+                assert marked <= truth_z and bool(marked) == bool(truth_z), pid
+            if source == "lung-pet-ct-dx":
+                boxes = {(b["series_uid"], str(b["slice"])): (b["xmax"] - b["xmin"] + 1) * (b["ymax"] - b["ymin"] + 1)
+                         for b in patient["boxes"] if not b.get("orphan")}
+                got = {(r["series_uid"], r["slice_index"]): int(r["nodule_area_px"]) for r in mine
+                       if int(r["nodule_area_px"]) > 0}
+                assert got == boxes, pid
+
+
+def test_lesion_slices_keep_mask_slices_and_neighbours(tmp_path):
+    make_lidc_patient(tmp_path / "raw", "LIDC-IDRI-9001")
+    make_petct_tree(tmp_path / "pet")
+    run_ingest({"lidc-idri": tmp_path / "raw", "lung-pet-ct-dx": tmp_path / "pet"}, tmp_path / "bench",
+               IngestOptions(slices="lesion", lesion_margin=0), progress=False)
+    rows = read_rows(tmp_path / "bench")
+    lidc = sorted(int(r["slice_index"]) for r in rows if r["dataset"] == "lidc-idri")
+    assert lidc == [1, 2, 3]  # nodule slices 1-3 of 0-4
+    assert all(int(r["nodule_area_px"]) > 0 for r in rows)
+    assert len(list((tmp_path / "bench" / "images" / "lidc-idri").rglob("*.png"))) == 3

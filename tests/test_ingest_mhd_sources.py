@@ -240,8 +240,10 @@ def test_luna16_unreadable_scans_are_skipped_or_raise_naming_the_file(tmp_path):
 
 # ----------------------------------------------------------------------------- MSD fixture + tests
 
-MSD_AFFINE = np.array([[-0.8, 0, 0, 12.0],    # RAS affine: x and y flipped, as scanners often write
-                       [0, -0.8, 0, 10.0],
+# RAS affine with positive x/y steps: in ITK's LPS frame the direction is diag(-1, -1, 1), so
+# only a reader that honours the affine puts the tumour at the right world position.
+MSD_AFFINE = np.array([[0.8, 0, 0, -12.0],
+                       [0, 0.8, 0, -10.0],
                        [0, 0, 2.5, -30.0],
                        [0, 0, 0, 1]])
 MSD_TUMOUR_IJK = (12, 18, 7)  # nibabel (i, j, k)
@@ -277,6 +279,7 @@ def test_msd_training_mask_lands_on_tumour_with_flipped_affine(tmp_path):
     loaded, skips = loaded_by_name(MsdLungAdapter(), tmp_path, IngestOptions())
     assert set(loaded) == {"lung_001", "lung_002"}
     train = loaded["lung_001"][1]
+    assert np.allclose(train.volume.direction, (-1, 0, 0, 0, -1, 0, 0, 0, 1))
     assert train.mask_source == "gt" and train.patient_label == 1
     assert_mask_on_nodule(train, msd_tumour_world_lps())
     assert train.nodule_label[MSD_TUMOUR_IJK[2]] == 1 and train.nodule_label[0] == -1
@@ -462,3 +465,69 @@ def test_run_ingest_end_to_end_manifest_rows(tmp_path):
     assert any(uid["D"] in s["item"] for s in luna["skipped"])
     assert [e["patient_id"] for e in luna["excluded_patients"]] == [f"luna16/{uid['C']}"]
     assert any("LNDb-0003" in s["item"] for s in report["sources"]["lndb"]["skipped"])
+
+
+# ----------------------------------------------------------------------------- on lungcad.synth trees
+
+SYNTH_SOURCES = {"luna16": Luna16Adapter, "msd-lung": MsdLungAdapter, "lndb": LndbAdapter}
+
+
+@pytest.fixture(scope="module")
+def synth_tree(tmp_path_factory):
+    """Three patients per source, small (64 px, 16 slices), with synth_truth.json."""
+    from lungcad.synth import TRUTH_FILE, generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, patients=3, seed=42, size=64, n_slices=16, sources=list(SYNTH_SOURCES), progress=False)
+    return out, json.loads((out / TRUTH_FILE).read_text())
+
+
+def nodule_like(hu: float, density: str) -> bool:
+    """Denser than aerated lung (about -850 HU); ground-glass nodules sit near -600 HU."""
+    return hu > (-750 if density == "ground-glass" else -300)
+
+
+@pytest.mark.parametrize("source", list(SYNTH_SOURCES))
+def test_synth_masks_on_truth_nodules_and_labels_match_truth(synth_tree, source):
+    out, truth = synth_tree
+    loaded, _ = loaded_by_name(SYNTH_SOURCES[source](), out / source, IngestOptions())
+    checked = 0
+    for patient in truth["sources"][source]["patients"]:
+        if source == "luna16" and not any(n.get("in_annotations_csv") for n in patient["nodules"]):
+            assert patient["patient_id"] not in loaded  # no LUNA16 nodule: skipped, no label
+            continue
+        series = loaded[patient["patient_id"]][1]
+        assert series.patient_label == patient["label"], patient["patient_id"]
+        if source == "msd-lung" and not patient["has_mask"]:
+            assert series.mask is None and series.mask_source == "none"
+            continue
+        for nodule in patient["nodules"]:
+            in_gt = {"luna16": nodule.get("in_annotations_csv"), "msd-lung": nodule.get("tumour"),
+                     "lndb": nodule.get("n_readers", 0) > 0}[source]
+            if not in_gt:
+                continue
+            k, j, i = np.rint(world_to_index(series.volume, nodule["center_mm"])).astype(int)
+            assert series.mask[k, j, i], (patient["patient_id"], nodule["id"])
+            assert nodule_like(series.volume.array[k, j, i], nodule["density"])
+            checked += 1
+    assert checked >= 2
+    if source == "luna16":  # the flipped-TransformMatrix scan was among those checked
+        flipped = [p for p in truth["sources"]["luna16"]["patients"] if p["quirks"]]
+        assert flipped and any(p["patient_id"] in loaded for p in flipped)
+
+
+def test_synth_run_ingest_labels_match_truth(synth_tree, tmp_path):
+    import pandas as pd
+
+    from lungcad.ingest import run_ingest
+
+    out, truth = synth_tree
+    run_ingest({name: out / name for name in SYNTH_SOURCES}, tmp_path / "bench", IngestOptions(), progress=False)
+    manifest = pd.read_csv(tmp_path / "bench" / "manifest.csv", dtype=str, keep_default_na=False)
+    got = manifest.groupby("patient_id")["label"].agg(set).to_dict()
+    expected = {f"{source}/{p['patient_id']}": {str(p["label"])}
+                for source in SYNTH_SOURCES for p in truth["sources"][source]["patients"]
+                if source != "luna16" or any(n.get("in_annotations_csv") for n in p["nodules"])}
+    assert got == expected
+    with_mask = manifest[manifest.mask_source == "gt"]
+    assert (with_mask.nodule_area_px.astype(int) > 0).any()

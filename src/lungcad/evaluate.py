@@ -379,7 +379,7 @@ def _resolve_seg_run(info: dict, seg_run) -> Path | None:
     return None
 
 
-def classify_split(run: Path, bench: Path, manifest, splits, split, classifier, segmenter, progress,
+def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, progress,
                    n_boot) -> tuple[dict, pd.DataFrame]:
     """Evaluate one split of a classification run; returns (results, per-patient predictions)."""
     patients = splits["classification"][split]
@@ -425,7 +425,7 @@ def _evaluate_classification(run, bench, manifest, splits, names, info, seg_run,
     segmenter = SliceSegmenter.from_run(seg_path, device=device) if seg_path else None
     results, predictions = {}, []
     for split in names:
-        results[split], frame = classify_split(run, bench, manifest, splits, split, classifier, segmenter,
+        results[split], frame = classify_split(bench, manifest, splits, split, classifier, segmenter,
                                                progress, n_boot)
         predictions.append(frame)
     return results, pd.concat(predictions, ignore_index=True), seg_path

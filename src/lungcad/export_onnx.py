@@ -70,23 +70,25 @@ def export_onnx_bytes(run_dir: str | Path, opset: int = DEFAULT_OPSET, dynamo: b
     return _export_to_proto(model, info, opset, dynamo).SerializeToString()
 
 
-def _max_abs_diff(model: torch.nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> float:
+def _compare(model: torch.nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> tuple[float, float]:
+    """(max |onnx - torch|, max |torch|) of the logits on ``x``."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.inference_mode():
         want = model(x).float().numpy()
-    return float(np.max(np.abs(got.reshape(want.shape) - want)))
+    return float(np.max(np.abs(got.reshape(want.shape) - want))), float(np.max(np.abs(want)))
 
 
 def export_onnx(run_dir: str | Path, out_path: str | Path, opset: int = DEFAULT_OPSET,
                 dynamo: bool = False, check: bool = True) -> dict:
     """Export ``RUN``'s best model to ``out_path`` (written atomically) and verify it.
 
-    Returns a summary: path, task, arch, opset, exporter, input shape and ``max_abs_diff``
-    between ONNX Runtime and PyTorch logits on a random batch (and, for segmenters, at a second
-    spatial size to exercise the dynamic axes).
+    Returns a summary: path, task, arch, opset (as requested; the dynamo exporter may write a
+    newer one), exporter, input shape, ``max_abs_diff`` between ONNX Runtime and PyTorch logits on
+    a random batch (and, for segmenters, at a second spatial size to exercise the dynamic axes)
+    and ``max_abs_logit``, the scale that difference is relative to.
     """
     from .models import load_run_model
 
@@ -103,11 +105,12 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, opset: int = DEFAULT_
         "input_shape": list(_example_input(info).shape),
     }
     if check:
-        diffs = [_max_abs_diff(model, data, _example_input(info, batch=3))]
+        checks = [_compare(model, data, _example_input(info, batch=3))]
         if info["task"] == "segmentation":
             side = max(32, int(info.get("image_size", 256)) // 2 // 32 * 32)
-            diffs.append(_max_abs_diff(model, data, _example_input(info, batch=1, side=side)))
-        summary["max_abs_diff"] = max(diffs)
+            checks.append(_compare(model, data, _example_input(info, batch=1, side=side)))
+        summary["max_abs_diff"] = max(c[0] for c in checks)
+        summary["max_abs_logit"] = max(c[1] for c in checks)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")

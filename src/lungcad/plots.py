@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import LungcadError
 
@@ -113,8 +113,6 @@ def plot_roc(curves: dict, path: str | Path, title: str | None = None) -> Path:
 
     Curves whose labels hold a single class are skipped (their ROC is undefined).
     """
-    from sklearn.metrics import roc_auc_score
-
     fig = _new_figure(4.0, 4.0)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)

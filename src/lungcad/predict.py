@@ -444,7 +444,8 @@ def predict_inputs(inputs: list[str | Path], seg_run: str | Path, cls_run: str |
     """Predict every input and write ``OUT/<case>/`` files; one entry per input or series.
 
     Each entry: ``input``, ``case``, ``status`` (``ok`` | ``error``), ``error`` (one line naming
-    the file), ``outputs`` (format -> path), ``nodules`` and ``patient_probability``. A bad input
+    the file), ``out_dir``, ``summary`` (one line), ``outputs`` (format -> path), ``nodules``
+    (count), ``patient_probability`` and ``warnings``. A bad input
     never stops the others; a bad run folder or format raises ``LungcadError`` before any work.
     """
     from .report import write_outputs
@@ -479,6 +480,7 @@ def predict_inputs(inputs: list[str | Path], seg_run: str | Path, cls_run: str |
                                         predictor.options)
                 entries.append({
                     "input": str(path), "case": case, "status": "ok", "error": None,
+                    "out_dir": str(out_dir / case), "summary": _summary(result),
                     "series_uid": volume.meta.get("series_uid"), "outputs": outputs,
                     "nodules": len(result.nodules), "patient_probability": result.patient_probability,
                     "warnings": result.warnings,
@@ -492,11 +494,19 @@ def predict_inputs(inputs: list[str | Path], seg_run: str | Path, cls_run: str |
     return entries
 
 
+def _summary(result: PredictionResult) -> str:
+    """One line for the terminal, e.g. ``2 nodules, p(malignant) 0.81 (max over nodules)``."""
+    count = len(result.nodules)
+    text = f"{count} nodule{'s' if count != 1 else ''}"
+    value = result.patient_probability.get("value")
+    return text + ("" if value is None else f", p(malignant) {value:.2f} (max over nodules)")
+
+
 def _error_entry(path: Path, case: str, exc: Exception) -> dict:
     if isinstance(exc, LungcadError):
         message = str(exc)
     else:
         message = f"{path}: unexpected error ({type(exc).__name__}: {str(exc).strip()[:200]})"
     return {"input": str(path), "case": case, "status": "error", "error": message.splitlines()[0],
-            "series_uid": None, "outputs": {}, "nodules": None, "patient_probability": None,
+            "out_dir": None, "summary": None, "series_uid": None, "outputs": {}, "nodules": None, "patient_probability": None,
             "warnings": []}

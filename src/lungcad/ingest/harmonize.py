@@ -19,9 +19,12 @@ def lung_window(hu: np.ndarray) -> np.ndarray:
     """HU -> uint8 with the fixed lung window -1200..0 HU: ``clip((hu+1200)/1200*255, 0, 255)``
     rounded half up, so -1200 HU -> 0 and 0 HU -> 255."""
     low, high = WINDOW_HU
-    scaled = (np.asarray(hu, dtype=np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
-    np.clip(scaled, 0, 255, out=scaled)
-    return np.floor(scaled + np.float32(0.5)).astype(np.uint8)
+    scaled = np.asarray(hu, dtype=np.float32) - np.float32(low)  # a new array: safe in place below
+    scaled *= np.float32(255.0 / (high - low))
+    # floor(clip(x, 0, 255) + 0.5) == trunc(clip(x + 0.5, 0.5, 255.5)), with fewer temporaries
+    scaled += np.float32(0.5)
+    np.clip(scaled, 0.5, 255.5, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def canonical_inplane(array: np.ndarray, mask: np.ndarray | None, spacing, origin, direction):
@@ -80,13 +83,28 @@ def write_png_atomic(path: Path, image_u8: np.ndarray) -> None:
     image = np.ascontiguousarray(image_u8, dtype=np.uint8)
     if image.ndim != 2:
         raise ValueError(f"expected a 2D uint8 slice, got shape {image.shape}")
-    ok, encoded = cv2.imencode(".png", image, _PNG_PARAMS)
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
+    encoded = _encode_png(image)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
-        fh.write(encoded.tobytes())
+        fh.write(encoded)
     os.replace(tmp, path)
+
+
+_EMPTY_PNG: dict[tuple[int, int], bytes] = {}
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a 2D uint8 image; all-zero images (most mask slices) are encoded once per shape."""
+    empty = not image.any()
+    if empty and image.shape in _EMPTY_PNG:
+        return _EMPTY_PNG[image.shape]
+    ok, encoded = cv2.imencode(".png", image, _PNG_PARAMS)
+    if not ok:
+        raise OSError("PNG encoding failed")
+    data = encoded.tobytes()
+    if empty:
+        _EMPTY_PNG[image.shape] = data
+    return data
 
 
 def write_text_atomic(path: Path, text: str) -> None:

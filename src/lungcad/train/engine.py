@@ -43,11 +43,22 @@ SUMMARY = "summary.json"
 # --------------------------------------------------------------------------- small helpers
 
 
+def _json_safe(value):
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
+    """Write JSON atomically (temporary name, then rename); NaN becomes null."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
 
 
@@ -416,7 +427,7 @@ class LastCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizer, schedulers, loops
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier()
@@ -496,7 +507,8 @@ def fit(module: L.LightningModule, train_set: Dataset, val_set: Dataset, spec: F
     trainer = _trainer(spec, callbacks, max(1, len(train_loader)))
     ckpt_path = run_dir / LAST_CKPT
     trainer.fit(module, train_loader, val_loader,
-                ckpt_path=str(ckpt_path) if spec.resume and ckpt_path.is_file() else None)
+                ckpt_path=str(ckpt_path) if spec.resume and ckpt_path.is_file() else None,
+                weights_only=True)  # DESIGN.md section 8: no pickle from disk
     summary = {
         "best_epoch": best.best_epoch,
         f"best_{spec.monitor}": best.best,

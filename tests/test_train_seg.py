@@ -1,0 +1,127 @@
+"""Segmentation training: run folder contents, resume, reload, out-of-fold predicted masks."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from _bench_fixture import build_bench
+from lungcad.data import read_manifest
+from lungcad.errors import LungcadError
+from lungcad.models import create_segmenter, load_run_model
+from lungcad.train import train_segmenter
+
+# Tiny and fast: 64-pixel slices, the small LightUNet, whole slices (no crop), light augmentation.
+TINY = {"image_size": 64, "train_crop": None, "batch_size": 4, "val_batch_size": 8, "oof_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    return build_bench(tmp_path_factory.mktemp("bench"), patients=12, slices=5, size=64, masked_patients=10)
+
+
+def _history(run: Path) -> list[dict]:
+    with (run / "history.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _ckpt_model_state(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def test_two_epoch_run_writes_complete_run_folder(bench, tmp_path):
+    run = tmp_path / "run"
+    summary = train_segmenter(bench, "lightunet", run, preset="cpu", epochs=2, overrides=TINY, oof_folds=0)
+    for name in ("config.yaml", "splits.json", "history.csv", "model.json", "summary.json",
+                 "checkpoints/best.safetensors", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    assert list((run / "figures").glob("*.png"))
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for column in ("train_loss", "val_loss", "val_dice", "val_iou", "lr"):
+        assert np.isfinite(float(rows[0][column])), column
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["epochs"] == 2 and config["image_size"] == 64 and config["arch"] == "lightunet"
+    assert json.loads((run / "splits.json").read_text()) == json.loads((bench / "splits.json").read_text())
+    info = json.loads((run / "model.json").read_text())
+    assert info["task"] == "segmentation" and info["arch"] == "lightunet"
+    assert info["image_size"] == 64 and info["window_hu"] == [-1200, 0] and info["threshold"] == 0.5
+    best = max(float(r["val_dice"]) for r in rows)
+    assert summary["best_val_dice"] == pytest.approx(best)
+    assert summary["best_epoch"] == 1 + [float(r["val_dice"]) for r in rows].index(best)
+
+
+def test_existing_run_is_not_overwritten_without_resume(bench, tmp_path):
+    run = tmp_path / "run"
+    train_segmenter(bench, "lightunet", run, epochs=1, overrides=TINY, oof_folds=0)
+    with pytest.raises(LungcadError, match="--resume"):
+        train_segmenter(bench, "lightunet", run, epochs=1, overrides=TINY, oof_folds=0)
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(bench, tmp_path):
+    options = {**TINY, "train_crop": 32}  # random crops and flips: augmentation must replay exactly
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_segmenter(bench, "lightunet", straight, epochs=2, overrides=options, oof_folds=0)
+    train_segmenter(bench, "lightunet", resumed, epochs=1, overrides=options, oof_folds=0)
+
+    # After one epoch, the exported best model is the last one: reloading it gives the same outputs
+    # as the weights held in the training checkpoint.
+    model, info = load_run_model(resumed)
+    reference = create_segmenter("lightunet", in_channels=1).eval()
+    reference.load_state_dict(_ckpt_model_state(resumed))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-6)
+
+    train_segmenter(bench, "lightunet", resumed, epochs=2, overrides=options, oof_folds=0, resume=True)
+    a, b = _ckpt_model_state(straight), _ckpt_model_state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    rows_a, rows_b = _history(straight), _history(resumed)
+    assert [r["epoch"] for r in rows_b] == ["1", "2"]
+    for ra, rb in zip(rows_a, rows_b):
+        assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), abs=1e-6)
+        assert float(ra["val_dice"]) == pytest.approx(float(rb["val_dice"]), abs=1e-6)
+
+
+def test_out_of_fold_masks_cover_every_slice_without_leakage(bench, tmp_path):
+    run = tmp_path / "run"
+    summary = train_segmenter(bench, "lightunet", run, epochs=1, overrides=TINY, oof_folds=2)
+    splits = json.loads((bench / "splits.json").read_text())["segmentation"]
+    provenance = json.loads((run / "predicted_masks.json").read_text())
+    assert provenance["complete"] is True and provenance["folds"] == 2
+    manifest = read_manifest(bench)
+    assert set(provenance["patients"]) == set(manifest["patient_id"])
+    for patient, name in provenance["patients"].items():
+        model = provenance["models"][name]
+        assert patient not in model["trained_on"]
+        assert patient not in model.get("validated_on", [])
+        if patient in splits["train"] + splits["val"]:
+            assert name.startswith("fold-")
+        else:
+            assert name == "final"
+    for image_path in manifest["image_path"]:
+        mask = run / "predicted_masks" / Path(image_path).relative_to("images")
+        assert mask.is_file(), mask
+    areas = (run / "predicted_masks" / "areas.csv").read_text().splitlines()
+    assert len(areas) == len(manifest) + 1
+    assert summary["oof"]["folds"] == 2
+
+    # Resuming a finished run retrains nothing: the fold checkpoints stay untouched.
+    fold_ckpt = run / "oof" / "fold-0" / "checkpoints" / "last.ckpt"
+    before = fold_ckpt.stat().st_mtime_ns
+    train_segmenter(bench, "lightunet", run, epochs=1, overrides=TINY, oof_folds=2, resume=True)
+    assert fold_ckpt.stat().st_mtime_ns == before
+
+
+def test_unknown_override_key_is_refused(bench, tmp_path):
+    with pytest.raises(LungcadError, match="unknown configuration key"):
+        train_segmenter(bench, "lightunet", tmp_path / "run", overrides={"batchsize": 2})
