@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
-import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ from lungcad.ingest.base import (Adapter, IngestOptions, LoadedSeries, SeriesTas
 from lungcad.ingest.harmonize import (canonical_inplane, lung_window, resample_slice,
                                       write_png_atomic, write_text_atomic)
 from lungcad.ingest.labels import unify_patient
-from lungcad.ingest.manifest import format_float, manifest_text, write_manifest
+from lungcad.ingest.manifest import format_float, write_manifest
 
 __all__ = ["ADAPTERS", "Adapter", "IngestOptions", "LoadedSeries", "SeriesTask", "Skip",
            "get_adapter", "run_ingest"]
@@ -226,12 +225,20 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, unit="series")
 
 
+def _task_size(task: SeriesTask) -> int:
+    """Number of slice files when the payload tells (DICOM adapters), else 0."""
+    series = task.payload.get("series") if isinstance(task.payload, dict) else None
+    return len(getattr(series, "files", None) or [])
+
+
 def _run_tasks(tasks: list[SeriesTask], opts: IngestOptions, out: Path, progress: bool, desc: str):
     """Yield (task, result) for every task, in parallel when opts.workers > 1."""
     if opts.workers <= 1 or len(tasks) <= 1:
         for task in _progress(tasks, len(tasks), desc, progress):
             yield task, process_series(task, opts, str(out))
         return
+    # Largest series first, so that one big series does not finish alone at the end.
+    tasks = sorted(tasks, key=lambda t: -_task_size(t))
     with ProcessPoolExecutor(max_workers=min(opts.workers, len(tasks))) as pool:
         futures = {pool.submit(process_series, t, opts, str(out)): t for t in tasks}
         for future in _progress(as_completed(futures), len(futures), desc, progress):
