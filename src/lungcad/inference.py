@@ -56,19 +56,22 @@ class _TorchRunner:
     """Runs an ``nn.Module`` on float32 numpy batches and returns float32 numpy logits."""
 
     def __init__(self, model: torch.nn.Module, device: str, precision: str):
-        self.model = model.to(device).eval()
+        # channels_last: oneDNN's fast layout for (depthwise) convolutions on CPU, ~1.7x here.
+        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         self.precision = precision
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.precision == "bf16":
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     out = self.model(x)
             else:
                 out = self.model(x)
-        return out.float().cpu().numpy()
+        return out.float().contiguous().cpu().numpy()
 
 
 class _OnnxRunner:

@@ -294,6 +294,8 @@ def run_ingest(sources: dict[str, Path], out: Path, opts: IngestOptions | None =
             tasks, skips = adapters[name].discover(root, opts)
         except LungcadError as exc:
             tasks, skips = [], [Skip(name, str(root), str(exc))]
+        except Exception as exc:  # an adapter bug must not lose the other sources
+            tasks, skips = [], [Skip(name, str(root), f"discovery failed: {type(exc).__name__}: {exc}")]
         done, todo = [], []
         for task in tasks:
             marker = _read_marker(marker_path(out, task), fingerprint)
