@@ -64,7 +64,8 @@ def cmd_ingest(a):
 
     sources = dict(a.source)
     opts = IngestOptions(workers=a.workers, label_rule=a.label_rule, consensus=a.consensus, spacing=a.spacing,
-                         lidc_xml=a.lidc_xml)
+                         lidc_xml=a.lidc_xml, slices=a.slices, petct_annotations=a.petct_annotations,
+                         lndb_malignancy_source=a.lndb_malignancy, lndb_agg=a.lndb_agg)
     report = run_ingest(sources, Path(a.out), opts, progress=not a.quiet)
     totals = report.get("totals", {})
     print(f"benchmark written to {a.out}: {json.dumps(totals)}")
@@ -177,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--consensus", type=float, default=0.5, help="LIDC: fraction of readers that must include a pixel")
     s.add_argument("--spacing", type=float, default=None, help="resample in-plane to this spacing in mm (default: native)")
     s.add_argument("--lidc-xml", type=Path, default=None, help="LIDC XML folder for LUNA16 malignancy (default: LUNA16/tcia-lidc-xml)")
+    s.add_argument("--petct-annotations", type=Path, default=None,
+                   help="Lung-PET-CT-Dx Annotation/ folder (default: beside manifest-*/)")
+    s.add_argument("--lndb-malignancy", choices=("chars", "allNods"), default="chars",
+                   help="LNDb ratings from chars_trainNodules.csv (per reader) or allNods.csv (reader mean)")
+    s.add_argument("--lndb-agg", choices=("mean", "any", "majority"), default="mean",
+                   help="LNDb: how readers' ratings > 3 combine per finding")
+    s.add_argument("--slices", choices=("all", "lesion"), default="all",
+                   help="all slices (default) or only slices with a mask plus a small margin")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_ingest)
 

@@ -101,7 +101,7 @@ def render_montage_png(result: PredictionResult) -> bytes:
     nodules = result.nodules[:_MONTAGE_MAX]
     cols = max(1, min(4, len(nodules)))
     rows = max(1, -(-len(nodules) // cols))
-    fig = Figure(figsize=(3.2 * cols, 3.4 * rows), dpi=100)
+    fig = Figure(figsize=(max(4.8, 3.2 * cols), 3.4 * rows), dpi=100)
     FigureCanvasAgg(fig)
     if not nodules:
         ax = fig.add_subplot(1, 1, 1)

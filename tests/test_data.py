@@ -1,0 +1,131 @@
+"""Benchmark datasets: manifest checks, item selection, tensors, augmentation before features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from _bench_fixture import build_bench
+from lungcad.data import (
+    ClassificationDataset, SegmentationDataset, classification_items, predicted_mask_path,
+    read_manifest, read_png, segmentation_items,
+)
+from lungcad.errors import LungcadError
+
+SLICES = 5  # per patient; slices 1..3 hold the nodule
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    return build_bench(tmp_path_factory.mktemp("bench"), patients=6, slices=SLICES, size=64, masked_patients=4)
+
+
+def _patients(bench: Path) -> list[str]:
+    return sorted(read_manifest(bench)["patient_id"].unique())
+
+
+def test_manifest_missing_column_names_file_and_column(tmp_path, bench):
+    frame = pd.read_csv(bench / "manifest.csv").drop(columns=["mask_source"])
+    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(LungcadError, match=r"manifest\.csv.*'mask_source'"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_missing_file(tmp_path):
+    with pytest.raises(LungcadError, match="manifest.csv"):
+        read_manifest(tmp_path)
+
+
+def test_segmentation_items_nodule_slices_and_negatives(bench):
+    patients = _patients(bench)
+    only_nodules = segmentation_items(bench, patients, negatives=0.0)
+    # 4 masked patients x 3 nodule slices; unmasked patients never appear.
+    assert len(only_nodules) == 12 and (only_nodules["nodule_area_px"] > 0).all()
+    assert set(only_nodules["mask_source"]) == {"gt"}
+    with_negatives = segmentation_items(bench, patients, negatives=0.5)
+    negatives = with_negatives[with_negatives["nodule_area_px"] == 0]
+    # round(3 * 0.5) = 2 nodule-free slices per series (only 2 exist: slices 0 and 4)
+    assert len(negatives) == 8
+    assert (negatives.groupby("series_uid").size() == 2).all()
+    assert segmentation_items(bench, patients[:1], negatives=0.5)["patient_id"].nunique() == 1
+
+
+def test_segmentation_dataset_tensors_and_resize(bench):
+    items = segmentation_items(bench, _patients(bench), negatives=0.0)
+    dataset = SegmentationDataset(items, bench, image_size=32)
+    image, mask = dataset[0]
+    assert image.shape == mask.shape == (1, 32, 32)
+    assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.sum() > 0
+    assert image[mask > 0].mean() > image[mask == 0].mean() + 0.3  # the mask sits on the bright disc
+    # The same key with a seed gives the same augmented sample.
+    augmented = SegmentationDataset(items, bench, image_size=32, transform=A.Compose([A.HorizontalFlip(p=0.5)]))
+    first, again = augmented[(3, 11)], augmented[(3, 11)]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_png_cache_returns_read_only_arrays(bench):
+    path = bench / read_manifest(bench)["image_path"].iloc[0]
+    image = read_png(path)
+    assert image.dtype == np.uint8 and read_png(path) is image
+    with pytest.raises(ValueError):
+        image[0, 0] = 1
+
+
+def test_missing_png_is_a_clear_error(tmp_path):
+    with pytest.raises(LungcadError, match="nothing.png"):
+        read_png(tmp_path / "nothing.png")
+
+
+def test_classification_items_ground_truth(bench):
+    items = classification_items(bench, _patients(bench), mask_source="gt")
+    assert items["patient_id"].nunique() == 4  # patients without masks have no GT slices
+    assert (items["area_px"] > 0).all()
+    assert all(Path(f).is_file() for f in items["mask_file"])
+    labels = items.groupby("patient_id")["label"].nunique()
+    assert (labels == 1).all()
+    limited = classification_items(bench, _patients(bench), mask_source="gt", max_slices_per_patient=2)
+    assert (limited.groupby("patient_id").size() == 2).all()
+
+
+def _write_predicted(bench: Path, pred_dir: Path, empty_patient: str) -> None:
+    for _, row in read_manifest(bench).iterrows():
+        image = read_png(bench / row["image_path"])
+        mask = (image > 125) if row["patient_id"] != empty_patient else np.zeros_like(image, bool)
+        out = predicted_mask_path(pred_dir, row["image_path"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), mask.astype(np.uint8) * 255)
+
+
+def test_classification_items_predicted_masks(bench, tmp_path):
+    patients = _patients(bench)
+    pred_dir = tmp_path / "predicted_masks"
+    _write_predicted(bench, pred_dir, empty_patient=patients[0])
+    items = classification_items(bench, patients, mask_source="predicted", pred_mask_dir=pred_dir)
+    # Predicted masks exist for patients without ground truth too; the all-empty patient is left out.
+    assert set(items["patient_id"]) == set(patients[1:])
+    assert items.attrs["dropped_patients"] == [patients[0]]
+    assert all(str(pred_dir) in f for f in items["mask_file"])
+    with pytest.raises(LungcadError, match="pred_mask_dir"):
+        classification_items(bench, patients, mask_source="predicted")
+
+
+def test_classification_dataset_augments_before_features(bench):
+    items = classification_items(bench, _patients(bench), mask_source="gt")
+    plain = ClassificationDataset(items, bench, input_size=32, crop=16)
+    features, label = plain[0]
+    assert features.shape == (7, 32, 32) and features.dtype == torch.float32
+    assert label.item() == items["label"].iloc[0]
+    flip = ClassificationDataset(items, bench, input_size=32, crop=16,
+                                 transform=lambda shape: A.Compose([A.HorizontalFlip(p=1.0)]))
+    flipped, _ = flip[(0, 5)]
+    # Global image and global mask flip together: the mask channel still marks the bright pixels.
+    assert torch.allclose(flipped[0], torch.flip(features[0], dims=[-1]), atol=1e-5)
+    assert torch.equal(flipped[1], torch.flip(features[1], dims=[-1]))
+    assert flipped[0][flipped[1] > 0].mean() > flipped[0][flipped[1] == 0].mean() + 0.3

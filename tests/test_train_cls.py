@@ -1,0 +1,101 @@
+"""Two-phase classification training: run folder, predicted-mask provenance, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from _bench_fixture import build_bench
+from lungcad.errors import LungcadError
+from lungcad.models import load_run_model
+from lungcad.train import train_classifier, train_segmenter
+
+SEG_TINY = {"image_size": 64, "train_crop": None, "batch_size": 4, "val_batch_size": 8, "oof_epochs": 1}
+CLS_TINY = {"input_size": 64, "crop": 32, "max_slices_per_patient": 2,
+            "phase1": {"batch_size": 4}, "phase2": {"batch_size": 4}}
+ARCH = "mobilenetv3-large"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    return build_bench(tmp_path_factory.mktemp("bench"), patients=12, slices=5, size=64, masked_patients=10)
+
+
+@pytest.fixture(scope="module")
+def seg_run(bench, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("seg") / "run"
+    train_segmenter(bench, "lightunet", run, epochs=1, overrides=SEG_TINY, oof_folds=2)
+    return run
+
+
+def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
+    run = tmp_path / "cls"
+    summary = train_classifier(bench, ARCH, run, seg_run=seg_run, phase="both", epochs=2, overrides=CLS_TINY)
+    for name in ("config.yaml", "splits.json", "history.csv", "model.json", "summary.json",
+                 "checkpoints/best.safetensors", "mask_provenance.json",
+                 "phase1/checkpoints/last.ckpt", "phase2/checkpoints/last.ckpt", "phase2/model.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "figures").glob("*.png"))
+    with (run / "history.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    info = json.loads((run / "model.json").read_text())
+    assert info["phase"] == 2 and info["mask_source"] == "predicted"
+    assert info["seg_run"] == str(seg_run.resolve())
+    assert info["in_channels"] == 7 and info["image_size"] == info["input_size"] == 64 and info["crop"] == 32
+    phase1 = json.loads((run / "phase1" / "model.json").read_text())
+    assert phase1["phase"] == 1 and phase1["mask_source"] == "gt"
+    assert summary["phase2"]["mask_source"] == "predicted"
+
+    provenance = json.loads((run / "mask_provenance.json").read_text())
+    seg_provenance = json.loads((seg_run / "predicted_masks.json").read_text())
+    splits = json.loads((bench / "splits.json").read_text())["classification"]
+    assert set(provenance["patients"]) == set(splits["train"] + splits["val"])
+    for patient, record in provenance["patients"].items():
+        model = seg_provenance["models"][record["model"]]
+        assert patient not in model["trained_on"]
+
+    # The published model reloads and matches phase 2's exported weights.
+    model, _ = load_run_model(run)
+    phase2_model, _ = load_run_model(run / "phase2")
+    x = torch.rand(2, 7, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), phase2_model(x))
+
+
+def test_phase2_refuses_masks_from_a_model_that_saw_the_patient(bench, seg_run, tmp_path):
+    splits = json.loads((bench / "splits.json").read_text())
+    seen = next(p for p in splits["classification"]["train"] if p in splits["segmentation"]["train"])
+    leaky = tmp_path / "leaky_seg"
+    leaky.mkdir()
+    provenance = json.loads((seg_run / "predicted_masks.json").read_text())
+    provenance["patients"][seen] = "final"  # the final model trained on this patient
+    (leaky / "predicted_masks.json").write_text(json.dumps(provenance))
+    with pytest.raises(LungcadError, match=f"{seen}.*saw this patient"):
+        train_classifier(bench, ARCH, tmp_path / "cls", seg_run=leaky, phase="2", overrides=CLS_TINY)
+
+
+def test_phase2_without_seg_run_is_a_clear_error(bench, tmp_path):
+    with pytest.raises(LungcadError, match="--seg-run"):
+        train_classifier(bench, ARCH, tmp_path / "cls", phase="both", overrides=CLS_TINY)
+
+
+def test_phase2_needs_complete_predicted_masks(bench, tmp_path):
+    with pytest.raises(LungcadError, match="predicted_masks.json"):
+        train_classifier(bench, ARCH, tmp_path / "cls", seg_run=tmp_path, phase="2", overrides=CLS_TINY)
+
+
+def test_phase1_only_resume_skips_the_finished_phase(bench, tmp_path):
+    run = tmp_path / "cls"
+    train_classifier(bench, ARCH, run, phase="1", epochs=1, overrides=CLS_TINY)
+    ckpt = run / "phase1" / "checkpoints" / "last.ckpt"
+    before = ckpt.stat().st_mtime_ns
+    summary = train_classifier(bench, ARCH, run, phase="1", epochs=1, overrides=CLS_TINY, resume=True)
+    assert ckpt.stat().st_mtime_ns == before
+    assert summary["phase1"]["epochs_run"] == 1
+    info = json.loads((run / "model.json").read_text())
+    assert info["phase"] == 1 and info["mask_source"] == "gt" and info["seg_run"] is None
