@@ -8,8 +8,8 @@ The scan is a synthetic chest phantom (``make_phantom(size, n_slices)``). Each c
 ``Predictor.predict`` on it (windowing, lung region, slice-wise segmentation, components, all
 timed) and reports seconds per scan and slices per second (scan slices / seconds).
 
-Models: by default each ``--archs`` segmenter with random weights and its output bias set to -20,
-so that the masks are empty as on a healthy scan (the network's compute does not depend on its
+Models: by default each ``--archs`` segmenter with random weights and its output bias set to -1e4,
+so that the masks are empty as on a healthy scan (random logits reach +-150: a small shift is not enough) (the network's compute does not depend on its
 weights; a random model's masks would make the component stage measure noise). ``--seg-run`` uses
 a trained run instead. Classification is timed apart on 32 nodule slices (a typical count), since
 with random weights the number of "nodules" is meaningless.
@@ -42,7 +42,7 @@ from lungcad.synth.phantom import make_phantom
 RESULTS = Path(__file__).resolve().parent / "results" / "predict_speed.json"
 
 
-def quiet_bias(model: torch.nn.Module, value: float = -20.0) -> torch.nn.Module:
+def quiet_bias(model: torch.nn.Module, value: float = -1e4) -> torch.nn.Module:
     """Set the bias of the last convolution (the logits) so random weights give empty masks."""
     last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     if last.bias is None:

@@ -229,6 +229,18 @@ def max_feret_mm(section: np.ndarray, spacing_yx: tuple[float, float]) -> float:
     return float(np.sqrt((diffs ** 2).sum(-1)).max())
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The smallest box holding every True voxel of a 3D mask, or None when it is empty."""
+    zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    if len(zs) == 0:
+        return None
+    slab = mask[zs[0]:zs[-1] + 1]
+    ys = np.nonzero(slab.any(axis=(0, 2)))[0]
+    xs = np.nonzero(slab.any(axis=(0, 1)))[0]
+    return (slice(int(zs[0]), int(zs[-1]) + 1), slice(int(ys[0]), int(ys[-1]) + 1),
+            slice(int(xs[0]), int(xs[-1]) + 1))
+
+
 def find_nodules(mask: np.ndarray, proba: np.ndarray, volume: Volume,
                  min_voxels: int = 10, min_diameter_mm: float = 3.0) -> tuple[np.ndarray, list[Nodule]]:
     """Label the binary ``mask`` into nodules (26-connectivity) and measure each one.
@@ -238,7 +250,13 @@ def find_nodules(mask: np.ndarray, proba: np.ndarray, volume: Volume,
     """
     sx, sy, sz = (float(v) for v in volume.spacing)
     voxel_mm3 = sx * sy * sz
-    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    # Label only inside the mask's bounding box: a scan is mostly empty and labelling the whole
+    # grid costs seconds.
+    crop = _bounding_box(mask)
+    if crop is None:
+        return np.zeros(mask.shape, np.uint8), []
+    origin = np.array([s.start for s in crop], float)
+    components, count = ndimage.label(mask[crop], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     kept = []
     for cid in range(1, count + 1):
@@ -249,16 +267,18 @@ def find_nodules(mask: np.ndarray, proba: np.ndarray, volume: Volume,
     lut = np.zeros(count + 1, np.uint16 if len(kept) > 255 else np.uint8)
     for new_id, cid in enumerate(kept, start=1):
         lut[cid] = new_id
-    labels = lut[components]
+    labels = np.zeros(mask.shape, lut.dtype)
+    labels[crop] = lut[components]
+    sub_proba = proba[crop]
     boxes = ndimage.find_objects(components)
     nodules = []
     for new_id, cid in enumerate(kept, start=1):
         box = boxes[cid - 1]
         region = components[box] == cid
-        offset = np.array([s.start for s in box], float)
+        offset = np.array([s.start for s in box], float) + origin
         centroid = np.argwhere(region).mean(axis=0) + offset
         areas = region.sum(axis=(1, 2))
-        zs = [int(box[0].start + k) for k in np.nonzero(areas)[0]]
+        zs = [int(offset[0] + k) for k in np.nonzero(areas)[0]]
         diameter = max(max_feret_mm(region[k], (sy, sx)) for k in np.nonzero(areas)[0])
         nodules.append(Nodule(
             id=new_id,
@@ -267,8 +287,8 @@ def find_nodules(mask: np.ndarray, proba: np.ndarray, volume: Volume,
             diameter_mm=diameter,
             volume_mm3=float(sizes[cid] * voxel_mm3),
             slices=zs,
-            largest_slice=int(box[0].start + int(np.argmax(areas))),
-            confidence=float(proba[box][region].mean()),
+            largest_slice=int(offset[0] + int(np.argmax(areas))),
+            confidence=float(sub_proba[box][region].mean()),
             voxels=int(sizes[cid]),
         ))
     return labels, nodules
@@ -278,6 +298,7 @@ def find_nodules(mask: np.ndarray, proba: np.ndarray, volume: Volume,
 
 
 def _lung_window(hu: np.ndarray) -> np.ndarray:
+    """The ingest lung window (imported here: importing the ingest package loads every adapter)."""
     from .ingest.harmonize import lung_window
 
     return lung_window(hu)

@@ -122,8 +122,9 @@ def render_montage_png(result: PredictionResult) -> bytes:
         extent = (x0 * sx, x1 * sx, y1 * sy, y0 * sy)   # mm, so the panel has true proportions
         ax.imshow(image, cmap="gray", vmin=0, vmax=255, extent=extent)
         if outline.any() and min(outline.shape) > 1:
+            # contour's extent spans pixel centres, imshow's spans pixel edges
             ax.contour(outline, levels=[0.5], colors="red", linewidths=1.0, extent=(
-                x0 * sx, x1 * sx, y0 * sy, y1 * sy))
+                (x0 + 0.5) * sx, (x1 - 0.5) * sx, (y0 + 0.5) * sy, (y1 - 0.5) * sy))
         prob = "n/a" if nodule.probability is None else f"{nodule.probability:.2f}"
         ax.set_title(f"#{nodule.id}  p={prob}  {nodule.diameter_mm:.1f} mm  z={z}", fontsize=9)
         ax.axis("off")

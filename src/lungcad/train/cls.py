@@ -91,8 +91,6 @@ def _train_phase(
     finished = finished_summary(phase_dir, int(phase_cfg["epochs"])) if resume else None
     if finished is not None:
         return finished
-    if not resume and (phase_dir / LAST_CKPT).exists():
-        raise LungcadError(f"{phase_dir}: phase {phase} already trained here; pass --resume or choose another --out")
     seed = int(cfg["seed"])
     parts = splits["classification"]
     items = {
@@ -207,6 +205,10 @@ def train_classifier(
         seg_run = Path(seg_run)
         parts = splits["classification"]
         provenance = check_mask_provenance(seg_run, {"train": parts["train"], "val": parts["val"]})
+    for number in phases:  # before writing anything: never clobber a trained phase
+        if not resume and (run_dir / f"phase{number}" / LAST_CKPT).exists():
+            raise LungcadError(f"{run_dir / f'phase{number}'}: phase {number} already trained here; "
+                               "pass --resume to continue it or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml({**cfg, "phase": phase, "seg_run": str(seg_run) if seg_run else None,
                 "bench": str(bench.resolve()), "pretrained": bool(pretrained),

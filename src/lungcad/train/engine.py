@@ -332,13 +332,20 @@ def _metric(trainer: L.Trainer, name: str) -> float:
 
 class EpochSeed(Callback):
     """Re-seed every RNG at the start of each epoch from ``(seed, epoch)``: dropout, mixup and any
-    other random draw of an epoch are the same whether or not the run was resumed."""
+    other random draw of an epoch are the same whether or not the run was resumed.
 
-    def __init__(self, seed: int):
+    Also sets the epoch of our sampler directly: under DDP Lightning wraps it in a distributed
+    sampler and only tells the wrapper about the new epoch.
+    """
+
+    def __init__(self, seed: int, sampler: EpochSampler | None = None):
         self.seed = int(seed)
+        self.sampler = sampler
 
     def on_train_epoch_start(self, trainer, pl_module):
         seed_all(self.seed * 1000 + trainer.current_epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(trainer.current_epoch)
 
 
 class HistoryWriter(Callback):
@@ -499,16 +506,23 @@ def fit(module: L.LightningModule, train_set: Dataset, val_set: Dataset, spec: F
     val_loader = DataLoader(val_set, batch_size=spec.val_batch_size, shuffle=False, **loader_kw)
     history = HistoryWriter(run_dir / "history.csv", spec.history_columns)
     best = BestExporter(run_dir, spec.model_json, spec.monitor, spec.mode, spec.select_best)
-    callbacks: list[Callback] = [EpochSeed(seed), history, best]
+    callbacks: list[Callback] = [EpochSeed(seed, sampler if isinstance(sampler, EpochSampler) else None),
+                                 history, best]
     if spec.early_stopping_patience:
         callbacks.append(EarlyStopping(spec.monitor, mode=spec.mode, patience=int(spec.early_stopping_patience),
                                        check_on_train_epoch_end=True))
     callbacks.append(LastCheckpoint(run_dir / LAST_CKPT))
     trainer = _trainer(spec, callbacks, max(1, len(train_loader)))
     ckpt_path = run_dir / LAST_CKPT
-    trainer.fit(module, train_loader, val_loader,
-                ckpt_path=str(ckpt_path) if spec.resume and ckpt_path.is_file() else None,
-                weights_only=True)  # DESIGN.md section 8: no pickle from disk
+    # Lightning switches torch's deterministic mode on for the whole process: restore it afterwards.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        trainer.fit(module, train_loader, val_loader,
+                    ckpt_path=str(ckpt_path) if spec.resume and ckpt_path.is_file() else None,
+                    weights_only=True)  # DESIGN.md section 8: no pickle from disk
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=warn_only)
     summary = {
         "best_epoch": best.best_epoch,
         f"best_{spec.monitor}": best.best,
