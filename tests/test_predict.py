@@ -309,3 +309,40 @@ def test_restriction_to_the_lung_is_an_option(tmp_path):
     inner[np.ix_(on.lung_region["slices"], range(y0 + 4, y1 - 4), range(x0 + 4, x1 - 4))] = True
     a, b = (on.labels > 0)[inner], (off.labels > 0)[inner]
     assert b.any() and 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95
+
+
+def test_prediction_is_made_in_the_ingest_orientation_and_mapped_back():
+    """A scan stored flipped (direction diag(-1,-1,1), as MSD NIfTI) must give the same world-space
+    prediction as the same anatomy stored in the canonical orientation: the segmenter sees the image
+    as ingest wrote it for training, whatever the storage order."""
+    torch.manual_seed(0)
+    model = create_segmenter("lightunet").eval()
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    seg = SliceSegmenter(runner, {"task": "segmentation", "arch": "lightunet", "image_size": 64,
+                                  "threshold": 0.5, "window_hu": [-1200, 0]})
+    canonical = sphere_volume(shape=(6, 64, 64), spheres=((3, 20, 40, 5.0),))
+    nz, ny, nx = canonical.shape
+    sx, sy, _ = canonical.spacing
+    flipped = Volume(canonical.array[:, ::-1, ::-1].copy(), canonical.spacing,
+                     (canonical.origin[0] + (nx - 1) * sx, canonical.origin[1] + (ny - 1) * sy, canonical.origin[2]),
+                     (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0), {"source": "flipped"})
+    predictor = Predictor(seg, options=PredictOptions(restrict_to_lung=False, min_voxels=1, min_diameter_mm=0))
+    a = predictor.predict(canonical)
+    b = predictor.predict(flipped)
+    # same world content -> the flipped prediction, flipped back, equals the canonical one
+    np.testing.assert_array_equal(b.labels[:, ::-1, ::-1] > 0, a.labels > 0)
+    # and the model's output is not flip-invariant, so this test would catch a missing reorientation
+    img = _raw_window(canonical.array[3])
+    direct = runner(img[None, None])[0, 0]
+    mirrored = runner(img[None, None, ::-1, ::-1].copy())[0, 0][::-1, ::-1]
+    assert not np.allclose(direct, mirrored, atol=1e-3)
+
+
+def _raw_window(hu: np.ndarray) -> np.ndarray:
+    from lungcad.ingest.harmonize import lung_window
+
+    return lung_window(hu).astype(np.float32) / 255.0

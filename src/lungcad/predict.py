@@ -304,6 +304,36 @@ def _lung_window(hu: np.ndarray) -> np.ndarray:
     return lung_window(hu)
 
 
+class _CanonicalView:
+    """The in-plane permutation that ``ingest.harmonize.canonical_inplane`` applies to a volume,
+    as an index map, so that predictions made in the canonical orientation map back exactly."""
+
+    def __init__(self, volume: Volume):
+        from .ingest.harmonize import canonical_inplane
+
+        nz, ny, nx = volume.array.shape
+        self.inplane = (ny, nx)
+        index = np.arange(ny * nx, dtype=np.int64).reshape(1, ny, nx)
+        mapped, _, spacing, _, _, changed = canonical_inplane(index, None, volume.spacing, volume.origin,
+                                                              volume.direction)
+        self.spacing = spacing
+        self.perm = np.ascontiguousarray(mapped[0]) if changed else None
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        if self.perm is None:
+            return array
+        nz = array.shape[0]
+        return array.reshape(nz, -1)[:, self.perm.ravel()].reshape(nz, *self.perm.shape)
+
+    def from_canonical(self, array: np.ndarray) -> np.ndarray:
+        if self.perm is None:
+            return array
+        nz = array.shape[0]
+        out = np.empty((nz, self.perm.size), array.dtype)
+        out[:, self.perm.ravel()] = array.reshape(nz, -1)
+        return out.reshape(nz, *self.inplane)
+
+
 class Predictor:
     """Segmenter (+ optional classifier) built once; ``predict(volume)`` per scan."""
 
@@ -361,12 +391,14 @@ class Predictor:
             clock = now
 
         warnings = validate_for_prediction(volume)
-        hu = volume.array
+        # The models were trained on ingest's canonical in-plane orientation: predict there, map back.
+        view = _CanonicalView(volume)
+        hu = view.to_canonical(volume.array)
         images = _lung_window(hu)
         lap("window")
 
         nz, ny, nx = hu.shape
-        region = lung_region(hu, volume.spacing, self.options.lung_margin_mm) \
+        region = lung_region(hu, view.spacing, self.options.lung_margin_mm) \
             if self.options.restrict_to_lung else None
         if self.options.restrict_to_lung and region is None:
             warnings.append("lung region not found; every slice was segmented in full")
@@ -380,6 +412,7 @@ class Predictor:
         roi = None if box == (0, ny, 0, nx) else box
         if len(slices):
             proba[slices] = self.segmenter.predict_proba(images[slices], roi=roi)
+        proba = view.from_canonical(proba)
         lap("segmentation")
 
         labels, nodules = find_nodules(proba >= self.segmenter.threshold, proba, volume,
@@ -388,7 +421,7 @@ class Predictor:
 
         patient = {"max_over_nodules": None, "mean_over_slices": None, "headline": HEADLINE, "value": None}
         if self.classifier is not None and nodules:
-            all_slices = self._classify(images, labels, nodules)
+            all_slices = self._classify(images, view.to_canonical(labels), nodules)
             patient["max_over_nodules"] = max(n.probability for n in nodules)
             patient["mean_over_slices"] = float(np.mean(all_slices))
             patient["value"] = patient[HEADLINE]
