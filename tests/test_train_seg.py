@@ -125,3 +125,13 @@ def test_out_of_fold_masks_cover_every_slice_without_leakage(bench, tmp_path):
 def test_unknown_override_key_is_refused(bench, tmp_path):
     with pytest.raises(LungcadError, match="unknown configuration key"):
         train_segmenter(bench, "lightunet", tmp_path / "run", overrides={"batchsize": 2})
+
+
+def test_output_prior_sets_the_last_one_channel_bias():
+    from lungcad.train.seg import set_output_prior
+
+    model = create_segmenter("lightunet", in_channels=1)
+    assert set_output_prior(model, 0.01)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 1][-1]
+    assert torch.allclose(last.bias, torch.full_like(last.bias, float(np.log(0.01 / 0.99))))
+    assert not set_output_prior(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)), 0.01)

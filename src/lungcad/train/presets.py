@@ -53,6 +53,7 @@ SEGMENTATION = {
         "plateau_factor": 0.5,
         "early_stopping_patience": 13,
         "augmentation": "paper",
+        "init_prior": None,  # output bias at zero, as the models are built
         "max_train_slices": None,
         "oof_folds": 5,
         "oof_epochs": 70,
@@ -61,11 +62,11 @@ SEGMENTATION = {
         **_COMMON,
         "image_size": 256,
         "train_crop": 96,
-        "nodule_crop_p": 0.9,
+        "nodule_crop_p": 0.6,
         "negatives": 0.25,
         "batch_size": 8,
         "val_batch_size": 16,
-        "epochs": 12,
+        "epochs": 14,
         "lr": None,
         "lr_scale": 2.5,  # short schedule: a higher rate than the paper's converges in a few epochs
         "weight_decay": 2e-5,
@@ -75,6 +76,7 @@ SEGMENTATION = {
         "plateau_factor": 0.5,
         "early_stopping_patience": None,
         "augmentation": "light",
+        "init_prior": 0.01,  # output bias log(0.01/0.99): skips the "learn the background" epochs
         "max_train_slices": None,
         "oof_folds": 2,
         "oof_epochs": 6,
