@@ -1,6 +1,7 @@
 """evaluate_run / compare_runs on a tiny hand-made benchmark, and the plots."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -216,3 +217,32 @@ def test_diameter_baseline_by_hand():
     assert fitted.describe()["coef_per_mm"] > 0  # the larger nodule is the malignant one
     probs = frame.set_index("patient_id")["prob"]
     assert probs["a"] > probs["d"] > probs["b"]
+
+
+def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(bench, tmp_path):
+    """When the segmentation run wrote predicted masks (``train-seg --oof-folds``), evaluate uses
+    them instead of segmenting again, and reports whether the model behind a patient's masks saw it."""
+    from lungcad.evaluate import evaluate_run
+
+    seg = _seg_run(tmp_path / "seg", bench, threshold=0.4)   # live: every pixel foreground
+    run = _cls_run(tmp_path / "cls", bench, seg)
+    manifest = pd.read_csv(bench / "manifest.csv")
+    test_patients = SPLITS["test"]
+    for _, row in manifest.iterrows():
+        path = seg / "predicted_masks" / Path(row["image_path"]).relative_to("images")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # stored masks: a disc on slice 1 only, nothing on the other slices
+        mask = _disk(5) if row["slice_index"] == 1 else np.zeros((SIZE, SIZE), bool)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    models = {"final": {"trained_on": SPLITS["train"], "validated_on": SPLITS["val"]},
+              "fold-0": {"trained_on": ["dsa/p3"], "held_out": SPLITS["train"]}}
+    owner = {p: ("final" if p in test_patients else "fold-0") for p in PATIENTS}
+    (seg / "predicted_masks.json").write_text(json.dumps({"complete": True, "models": models, "patients": owner}))
+    m = evaluate_run(run, split="all", progress=False, quiet=True, n_boot=20)
+    pred = m["results"]["test"]["predicted_masks"]
+    assert pred["mask_origin"] == "StoredMasks"
+    assert pred["n_slices"] == len(test_patients)            # one stored nodule slice per patient, not 16
+    assert pred["segmenter_saw_patients"] is False
+    train = m["results"]["train"]["predicted_masks"]
+    assert train["segmenter_saw_patients"] is False           # out-of-fold: the fold model never saw them
+    assert m["results"]["val"]["predicted_masks"]["segmenter_saw_patients"] is True   # fold-0 trained on p3

@@ -280,16 +280,70 @@ def gt_mask_probabilities(classifier, bench: Path, patients, progress: bool = Fa
     return pd.concat(frames, ignore_index=True) if frames else _slice_frame(items, [])
 
 
+class LiveMasks:
+    """Predicted masks computed now by a segmentation run's final model."""
+
+    def __init__(self, segmenter):
+        self.segmenter = segmenter
+
+    def saw(self, patient: str, split: str) -> bool:
+        return split != "test"  # the final model trained on train and chose its epoch on val
+
+    def masks(self, group: pd.DataFrame, images: list[np.ndarray]) -> list[np.ndarray]:
+        return _predict_masks(self.segmenter, images)
+
+
+class StoredMasks:
+    """The predicted masks a segmentation run already wrote (``RUN/predicted_masks``, see
+    ``train/oof.py``): out-of-fold for the patients its final model saw, so no patient's masks
+    come from a model that trained on it. Reading them is also far cheaper than segmenting again."""
+
+    def __init__(self, seg_run: Path, provenance: dict):
+        from .train.oof import MASK_DIR
+
+        self.dir = Path(seg_run) / MASK_DIR
+        self.provenance = provenance
+
+    @classmethod
+    def from_run(cls, seg_run: Path) -> "StoredMasks | None":
+        from .train.oof import PROVENANCE
+
+        path = Path(seg_run) / PROVENANCE
+        if not path.is_file():
+            return None
+        provenance = json.loads(path.read_text())
+        return cls(seg_run, provenance) if provenance.get("complete") else None
+
+    def saw(self, patient: str, split: str) -> bool:
+        from .train.oof import saw_patient
+
+        return saw_patient(self.provenance, patient)
+
+    def masks(self, group: pd.DataFrame, images: list[np.ndarray]) -> list[np.ndarray]:
+        from .data import predicted_mask_path, read_png
+
+        out = []
+        for path, image in zip(group["image_path"], images):
+            stored = predicted_mask_path(self.dir, path)
+            if not stored.is_file():
+                raise LungcadError(f"{stored}: predicted mask missing; resume the segmentation run (--resume)")
+            mask = read_png(stored) > 0
+            if mask.shape != image.shape:
+                raise LungcadError(f"{stored}: mask shape {mask.shape} differs from its image {image.shape}")
+            out.append(mask)
+        return out
+
+
 def predicted_mask_probabilities(classifier, segmenter, bench: Path, manifest: pd.DataFrame, patients,
                                  progress: bool = False) -> pd.DataFrame:
-    """Slice probabilities on predicted masks: every slice of ``patients`` is segmented, the slices
-    with a non-empty predicted mask are classified."""
+    """Slice probabilities on predicted masks (``segmenter`` is a ``LiveMasks`` or ``StoredMasks``):
+    the slices of ``patients`` with a non-empty predicted mask are classified."""
     rows = manifest[manifest["patient_id"].isin(set(patients)) & manifest["label"].notna()]
     frames = []
     groups = _series_groups(rows)
     for _, group in _progress(groups, progress, "segmenting + classifying", len(groups)):
         images = _load_stack(bench, group["image_path"])
-        masks = _predict_masks(segmenter, images)
+        masks = segmenter.masks(group, images)
         found = [i for i, m in enumerate(masks) if m.any()]
         if found:
             probs = _classify_slices(classifier, [images[i] for i in found], [masks[i] for i in found])
@@ -403,7 +457,8 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
         report["n_slices"] = int(len(slices))
         if fill:
             report["n_no_nodule_found"] = int((per_patient["n_slices"] == 0).sum())
-            report["segmenter_saw_patients"] = split != "test"
+            report["segmenter_saw_patients"] = any(segmenter.saw(p, split) for p in patients)
+            report["mask_origin"] = type(segmenter).__name__
         result[name] = report
         predictions.append(per_patient.assign(split=split, masks=name))
     usable = [n for n in ("predicted_masks", "gt_masks") if result.get(n, {}).get("n")]
@@ -422,7 +477,9 @@ def _evaluate_classification(run, bench, manifest, splits, names, info, seg_run,
 
     classifier = SliceClassifier.from_run(run, device=device)
     seg_path = _resolve_seg_run(info, seg_run)
-    segmenter = SliceSegmenter.from_run(seg_path, device=device) if seg_path else None
+    segmenter = None
+    if seg_path:
+        segmenter = StoredMasks.from_run(seg_path) or LiveMasks(SliceSegmenter.from_run(seg_path, device=device))
     results, predictions = {}, []
     for split in names:
         results[split], frame = classify_split(bench, manifest, splits, split, classifier, segmenter,

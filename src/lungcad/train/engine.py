@@ -180,15 +180,26 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x):
         return self.model(x)
 
+    def on_fit_start(self):
+        # NHWC convolutions are markedly faster on CPU (oneDNN); CUDA keeps the default layout.
+        self._channels_last = self.device.type == "cpu"
+        if self._channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _layout(self, images):
+        if getattr(self, "_channels_last", False):
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
     def training_step(self, batch, batch_idx):
         images, masks = batch
-        loss = self.loss(self.model(images), masks)
+        loss = self.loss(self.model(self._layout(images)), masks)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss
 
     def validation_step(self, batch, batch_idx):
         images, masks = batch
-        logits = self.model(images)
+        logits = self.model(self._layout(images))
         self.log("val_loss", self.loss(logits, masks), on_epoch=True, prog_bar=True,
                  batch_size=len(images), sync_dist=True)
         pred = (logits > 0).float().flatten(1)  # sigmoid(logit) >= 0.5

@@ -33,6 +33,7 @@ _COMMON = {
 #     nodule_crop_p: probability that the window contains the nodule.
 #   negatives: nodule-free slices per nodule slice, drawn from the same series (0: annotated slices
 #     only, as the paper's 7,061 annotated slices).
+#   max_val_slices: validate on a fixed random subset of this many slices (None: all).
 #   oof_folds / oof_epochs: out-of-fold models for leakage-free predicted masks (see train/oof.py).
 SEGMENTATION = {
     "paper": {
@@ -55,15 +56,16 @@ SEGMENTATION = {
         "augmentation": "paper",
         "init_prior": None,  # output bias at zero, as the models are built
         "max_train_slices": None,
+        "max_val_slices": None,
         "oof_folds": 5,
         "oof_epochs": 70,
     },
     "cpu": {
         **_COMMON,
         "image_size": 256,
-        "train_crop": 96,
-        "nodule_crop_p": 0.6,
-        "negatives": 0.25,
+        "train_crop": 128,
+        "nodule_crop_p": 0.5,
+        "negatives": 1.0,  # as many nodule-free slices as nodule slices: few false positives on full slices
         "batch_size": 8,
         "val_batch_size": 16,
         "epochs": 14,
@@ -78,6 +80,7 @@ SEGMENTATION = {
         "augmentation": "light",
         "init_prior": 0.01,  # output bias log(0.01/0.99): skips the "learn the background" epochs
         "max_train_slices": None,
+        "max_val_slices": 96,
         "oof_folds": 2,
         "oof_epochs": 6,
     },

@@ -76,6 +76,9 @@ def fit_segmenter(
     val_items = _items_for(bench, val_ids, cfg, unit, seed)
     if cfg.get("max_train_slices") and len(train_items) > cfg["max_train_slices"]:
         train_items = train_items.sample(n=int(cfg["max_train_slices"]), random_state=seed)
+    if cfg.get("max_val_slices") and len(val_items) > cfg["max_val_slices"]:
+        # A fixed random subset (same seed every epoch): validation is most of an epoch's cost on CPU.
+        val_items = val_items.sample(n=int(cfg["max_val_slices"]), random_state=seed).sort_index()
     if train_items.empty:
         raise LungcadError(f"{bench}: no training slices with nodule masks for segmentation")
     if val_items.empty:
