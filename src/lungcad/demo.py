@@ -66,9 +66,10 @@ def run_demo(out: Path, patients: int | None = None, seg_arch: str | None = None
 
     steps.run("synth", f"synthesize {patients} patients per source in all native formats -> {raw}",
               lambda: generate(raw, patients=patients, seed=DEFAULTS["seed"], progress=True) and str(raw))
-    # A scan no model sees during training: another seed, written as a DICOM series.
+    # A scan no model sees during training: another seed, a DICOM series in the NBIA layout
+    # (LungCT-Diagnosis: no deliberate quirks such as the missing slice of the LIDC phantoms).
     steps.run("holdout", f"synthesize a held-out scan -> {holdout}",
-              lambda: generate(holdout, patients=1, seed=DEFAULTS["seed"] + 1000, sources=["lidc-idri"],
+              lambda: generate(holdout, patients=1, seed=DEFAULTS["seed"] + 1000, sources=["lungct-diagnosis"],
                                progress=False) and str(holdout))
     steps.run("ingest", f"ingest the six sources -> {bench}",
               lambda: run_ingest({s: raw / s for s in SOURCES}, bench, IngestOptions(workers=2), progress=True)["totals"])
@@ -84,7 +85,7 @@ def run_demo(out: Path, patients: int | None = None, seg_arch: str | None = None
     steps.run("eval-cls", "evaluate the classifier (patient level)",
               lambda: _headline(evaluate_run(cls_run, bench=bench, split="all", seg_run=seg_run)))
     table = leaderboard([seg_run, cls_run], out=out / "leaderboard.md")
-    inputs = sorted(p for p in (holdout / "lidc-idri").rglob("*") if p.is_dir() and any(p.glob("*.dcm")))
+    inputs = sorted(p for p in (holdout / "lungct-diagnosis").rglob("*") if p.is_dir() and any(p.glob("*.dcm")))
     if not inputs:
         raise LungcadError(f"{holdout}: the held-out synthetic scan is missing; re-run with --fresh")
     results = steps.run("predict", f"predict on the held-out scan -> {pred}",
