@@ -246,3 +246,13 @@ def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(ben
     train = m["results"]["train"]["predicted_masks"]
     assert train["segmenter_saw_patients"] is False           # out-of-fold: the fold model never saw them
     assert m["results"]["val"]["predicted_masks"]["segmenter_saw_patients"] is True   # fold-0 trained on p3
+
+
+def test_split_lists(bench, tmp_path):
+    from lungcad.evaluate import evaluate_run
+
+    run = _seg_run(tmp_path / "seg", bench, threshold=0.6)
+    m = evaluate_run(run, split="test,val", progress=False, quiet=True, n_boot=10)
+    assert list(m["results"]) == ["val", "test"]
+    with pytest.raises(LungcadError, match="unknown split"):
+        evaluate_run(run, split="val,nope", progress=False, quiet=True)

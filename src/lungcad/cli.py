@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="metrics with confidence intervals for a run (metrics.json)")
     s.add_argument("run", type=Path)
     s.add_argument("--bench", type=Path, default=None, help="benchmark (default: the one the run was trained on)")
-    s.add_argument("--split", choices=("test", "val", "train", "all"), default="all")
+    s.add_argument("--split", default="all", help="test, val, train, all (default) or a comma list like val,test")
     s.add_argument("--seg-run", type=Path, default=None, help="segmenter for predicted masks (classification runs)")
     s.add_argument("--compare", type=Path, default=None, help="second classification run: DeLong test between the two")
     s.add_argument("--out", type=Path, default=None, help="metrics file (default RUN/metrics.json)")

@@ -98,11 +98,14 @@ def _run_splits(run: Path, bench: Path) -> dict:
 
 
 def _split_names(split: str) -> list[str]:
+    """``all``, one split, or a comma list such as ``val,test`` (the leaderboard's two columns)."""
     if split == "all":
         return list(SPLITS)
-    if split not in SPLITS:
-        raise LungcadError(f"unknown split {split!r}; use train, val, test or all")
-    return [split]
+    names = [s.strip() for s in split.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SPLITS]
+    if unknown or not names:
+        raise LungcadError(f"unknown split {split!r}; use train, val, test, all or a comma list like val,test")
+    return [s for s in SPLITS if s in names]
 
 
 def _json_ready(value):
