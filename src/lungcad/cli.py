@@ -145,7 +145,7 @@ def cmd_export_onnx(a):
 def cmd_demo(a):
     from .demo import run_demo
 
-    run_demo(Path(a.out), patients=a.patients, seg_arch=a.seg_arch, cls_arch=a.cls_arch, fresh=a.fresh)
+    run_demo(Path(a.out), patients=a.patients, seg_arch=a.seg_arch, cls_arch=a.cls_arch, fresh=a.fresh, quick=a.quick)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seg-arch", default=None, choices=SEG_ARCHS)
     s.add_argument("--cls-arch", default=None, choices=CLS_ARCHS)
     s.add_argument("--fresh", action="store_true", help="start over instead of reusing finished steps")
+    s.add_argument("--quick", action="store_true", help="tiny data and one-epoch schedules: checks the plumbing in a minute")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -45,8 +45,14 @@ class _Steps:
         return result
 
 
+# ``quick``: the same steps on tiny data and one-epoch schedules (tests check the orchestration).
+QUICK = {"synth": {"size": 96, "n_slices": 24},
+         "seg": {"epochs": 1, "oof_epochs": 1, "image_size": 96, "train_crop": None, "max_val_slices": 16},
+         "cls": {"phase1.epochs": 1, "phase2.epochs": 1, "max_slices_per_patient": 2}}
+
+
 def run_demo(out: Path, patients: int | None = None, seg_arch: str | None = None, cls_arch: str | None = None,
-             fresh: bool = False) -> dict:
+             fresh: bool = False, quick: bool = False) -> dict:
     """Run the demo into ``out``; returns the paths of what it wrote."""
     from .evaluate import evaluate_run
     from .ingest import IngestOptions, run_ingest
@@ -64,27 +70,31 @@ def run_demo(out: Path, patients: int | None = None, seg_arch: str | None = None
     raw, holdout, bench = out / "raw", out / "holdout", out / "bench"
     seg_run, cls_run, pred = out / "runs" / f"seg-{seg_arch}", out / "runs" / f"cls-{cls_arch}", out / "predict"
     steps = _Steps(out, fresh)
+    synth_kw = QUICK["synth"] if quick else {}
+    seg_over = QUICK["seg"] if quick else None
+    cls_over = QUICK["cls"] if quick else None
     print(f"lungcad demo -> {out.resolve()}  (segmenter {seg_arch}, classifier {cls_arch}, {patients} patients/source)")
 
     steps.run("synth", f"synthesize {patients} patients per source in all native formats -> {raw}",
-              lambda: generate(raw, patients=patients, seed=DEFAULTS["seed"], progress=True) and str(raw))
+              lambda: generate(raw, patients=patients, seed=DEFAULTS["seed"], progress=True, **synth_kw) and str(raw))
     # A scan no model sees during training: another seed, a DICOM series in the NBIA layout
     # (LungCT-Diagnosis: no deliberate quirks such as the missing slice of the LIDC phantoms).
     steps.run("holdout", f"synthesize a held-out scan -> {holdout}",
               lambda: generate(holdout, patients=1, seed=DEFAULTS["seed"] + 1000, sources=["lungct-diagnosis"],
-                               progress=False) and str(holdout))
+                               progress=False, **synth_kw) and str(holdout))
     steps.run("ingest", f"ingest the six sources -> {bench}",
               lambda: run_ingest({s: raw / s for s in SOURCES}, bench, IngestOptions(workers=2), progress=True)["totals"])
     steps.run("split", "patient-level stratified splits", lambda: {
         t: {k: len(v) for k, v in s.items()} for t, s in make_splits(bench, seed=DEFAULTS["seed"]).items()
         if isinstance(s, dict)})
     steps.run("train-seg", f"train {seg_arch} (cpu preset, with out-of-fold masks) -> {seg_run}",
-              lambda: train_segmenter(bench, seg_arch, seg_run, preset="cpu", resume=(seg_run / "checkpoints").exists()))
+              lambda: train_segmenter(bench, seg_arch, seg_run, preset="cpu", overrides=seg_over,
+                                      resume=(seg_run / "checkpoints").exists()))
     steps.run("eval-seg", "evaluate the segmenter (validation and test patients)",
               lambda: _headline(evaluate_run(seg_run, bench=bench, split="val,test")))
     steps.run("train-cls", f"train {cls_arch} (cpu preset, phase 1 GT masks + phase 2 predicted masks) -> {cls_run}",
               lambda: train_classifier(bench, cls_arch, cls_run, preset="cpu", seg_run=seg_run, phase="both",
-                                       resume=(cls_run / "checkpoints").exists()))
+                                       overrides=cls_over, resume=(cls_run / "checkpoints").exists()))
     steps.run("eval-cls", "evaluate the classifier (patient level)",
               lambda: _headline(evaluate_run(cls_run, bench=bench, split="val,test", seg_run=seg_run)))
     table = leaderboard([seg_run, cls_run], out=out / "leaderboard.md")

@@ -98,6 +98,11 @@ def _train_phase(
                                    cfg.get("max_slices_per_patient"), seed)
         for part in ("train", "val")
     }
+    if phase == 2 and items["val"].empty and not items["train"].empty:
+        # A weak segmenter may find nothing on the few validation patients: select the epoch on
+        # their ground-truth masks rather than stop (recorded in the phase summary).
+        items["val"] = classification_items(bench, parts["val"], "gt", None, cfg.get("max_slices_per_patient"), seed)
+        phase_cfg["val_masks"] = "gt (no validation slice had a predicted nodule)"
     for part, frame in items.items():
         if frame.empty:
             raise LungcadError(f"{bench}: no {part} slices with {'ground-truth' if phase == 1 else 'predicted'} "
@@ -122,7 +127,7 @@ def _train_phase(
         train_sampler=sampler, early_stopping_patience=phase_cfg.get("early_stopping_patience"),
         accumulate_grad_batches=int(phase_cfg.get("accumulate_grad_batches") or 1), resume=resume,
         devices=devices,
-        extra_summary={"phase": phase, "mask_source": mask_source,
+        extra_summary={"phase": phase, "mask_source": mask_source, "val_masks": phase_cfg.get("val_masks", mask_source),
                        "train_slices": len(items["train"]), "val_slices": len(items["val"]),
                        "train_patients": items["train"]["patient_id"].nunique(),
                        "val_patients": items["val"]["patient_id"].nunique(),
