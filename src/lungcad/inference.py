@@ -141,8 +141,8 @@ def _snap_box(box: tuple[int, int, int, int], size: int) -> tuple[int, int, int,
 
 
 @dataclass
-class SliceSegmenter:
-    """2D nodule segmenter over uint8 lung-window slices, built once from a segmentation run."""
+class _RunInferer:
+    """A model from a run folder, loaded once, behind a numpy-in numpy-out runner (torch or ONNX)."""
 
     runner: Callable[[np.ndarray], np.ndarray]
     model_json: dict
@@ -150,12 +150,20 @@ class SliceSegmenter:
     backend: str = "torch"
     precision: str = "fp32"
 
+    TASK = ""  # model.json task this inferer accepts
+
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
-                 precision: str = "fp32", batch_size: int = 8,
-                 threads: int | None = None) -> "SliceSegmenter":
-        runner, info = _load_run(run_dir, "segmentation", device, backend, precision, threads)
-        return cls(runner, info, batch_size, backend, precision)
+                 precision: str = "fp32", batch_size: int | None = None, threads: int | None = None):
+        runner, info = _load_run(run_dir, cls.TASK, device, backend, precision, threads)
+        return cls(runner, info, batch_size or cls.batch_size, backend, precision)
+
+
+@dataclass
+class SliceSegmenter(_RunInferer):
+    """2D nodule segmenter over uint8 lung-window slices, built once from a segmentation run."""
+
+    TASK = "segmentation"
 
     @property
     def image_size(self) -> int:
@@ -210,21 +218,11 @@ class SliceSegmenter:
 
 
 @dataclass
-class SliceClassifier:
+class SliceClassifier(_RunInferer):
     """Slice-level malignancy classifier over seven-channel features, built once from a run."""
 
-    runner: Callable[[np.ndarray], np.ndarray]
-    model_json: dict
     batch_size: int = 16
-    backend: str = "torch"
-    precision: str = "fp32"
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "cpu", backend: str = "torch",
-                 precision: str = "fp32", batch_size: int = 16,
-                 threads: int | None = None) -> "SliceClassifier":
-        runner, info = _load_run(run_dir, "classification", device, backend, precision, threads)
-        return cls(runner, info, batch_size, backend, precision)
+    TASK = "classification"
 
     @property
     def input_size(self) -> int:
