@@ -47,7 +47,8 @@ class _Steps:
 
 # ``quick``: the same steps on tiny data and one-epoch schedules (tests check the orchestration).
 QUICK = {"synth": {"size": 96, "n_slices": 24},
-         "seg": {"epochs": 1, "oof_epochs": 1, "image_size": 96, "train_crop": None, "max_val_slices": 16},
+         "seg": {"epochs": 2, "oof_epochs": 2, "image_size": 96, "train_crop": None, "max_val_slices": 16,
+                 "init_prior": None, "nodule_crop_p": 0.0},
          "cls": {"phase1.epochs": 1, "phase2.epochs": 1, "max_slices_per_patient": 2}}
 
 
