@@ -13,8 +13,8 @@ import torch
 
 from _bench_fixture import build_bench
 from lungcad.data import (
-    ClassificationDataset, SegmentationDataset, classification_items, predicted_mask_path,
-    read_manifest, read_png, segmentation_items,
+    ClassificationDataset, SegmentationDataset, classification_items, neighbour_indices,
+    predicted_mask_path, read_manifest, read_png, segmentation_items,
 )
 from lungcad.errors import LungcadError
 
@@ -68,6 +68,29 @@ def test_segmentation_dataset_tensors_and_resize(bench):
     augmented = SegmentationDataset(items, bench, image_size=32, transform=A.Compose([A.HorizontalFlip(p=0.5)]))
     first, again = augmented[(3, 11)], augmented[(3, 11)]
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_neighbour_indices_clamp_at_the_series_ends():
+    assert neighbour_indices(4, 1).tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
+    assert neighbour_indices(5, 2, [0, 4]).tolist() == [[0, 0, 0, 1, 2], [2, 3, 4, 4, 4]]
+    assert neighbour_indices(1, 1).tolist() == [[0, 0, 0]]
+    assert neighbour_indices(3, 0).tolist() == [[0], [1], [2]]
+
+
+def test_segmentation_dataset_stacks_series_neighbours(bench):
+    manifest = read_manifest(bench)
+    items = segmentation_items(bench, _patients(bench), negatives=0.0)  # slices 1..3 only
+    dataset = SegmentationDataset(items, bench, image_size=64, context_slices=1)
+    row = items.iloc[0]
+    series = manifest[manifest["series_uid"] == row["series_uid"]].set_index("slice_index")["image_path"]
+    image, mask = dataset[0]
+    assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
+    # Channel c is slice (index - 1 + c) of the same series, read even though it is not an item.
+    for c, index in enumerate((row["slice_index"] - 1, row["slice_index"], row["slice_index"] + 1)):
+        expected = read_png(bench / series[index]).astype(np.float32) / 255
+        assert np.allclose(image[c].numpy(), expected, atol=1e-6), c
+    single, _ = SegmentationDataset(items, bench, image_size=64)[0]
+    assert torch.equal(single[0], image[1])  # the centre channel is the 2D input
 
 
 def test_png_cache_returns_read_only_arrays(bench):

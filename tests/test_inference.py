@@ -129,6 +129,28 @@ def test_roi_restricts_the_network_to_the_region(seg_run):
     assert dice(full[:, inside], cropped[:, inside]) >= 0.95
 
 
+def test_2p5d_segmenter_reads_neighbours_from_the_stack(tmp_path):
+    torch.manual_seed(0)
+    model = create_segmenter("lightunet", in_channels=3).eval()
+    save_run_model(tmp_path, model, {"task": "segmentation", "arch": "lightunet", "kwargs": {},
+                                     "in_channels": 3, "context_slices": 1, "image_size": SIZE,
+                                     "window_hu": [-1200, 0], "threshold": 0.5})
+    seg = SliceSegmenter.from_run(tmp_path)
+    assert seg.context_slices == 1
+    stack, _ = disc_images(np.random.default_rng(6), 5)
+    full = seg.predict_proba(stack)
+    assert full.shape == (5, SIZE, SIZE)
+    # Slice 2 sees slices 1, 2, 3; the first slice sees itself twice (clamped), then slice 1.
+    with torch.no_grad():
+        for index, neighbours in ((2, [1, 2, 3]), (0, [0, 0, 1])):
+            x = torch.from_numpy(stack[neighbours].astype(np.float32) / 255.0)[None]
+            expected = torch.sigmoid(model(x))[0, 0].numpy()
+            np.testing.assert_allclose(full[index], expected, atol=1e-5)
+    # ``indices`` predicts a subset with neighbours from the whole stack (chunked callers).
+    np.testing.assert_allclose(seg.predict_proba(stack, indices=[2, 4]), full[[2, 4]], atol=1e-6)
+    assert np.abs(seg.predict_proba(stack[2:3])[0] - full[2]).max() > 1e-4  # alone, it lacks its neighbours
+
+
 def test_stale_model_onnx_is_not_used(tmp_path):
     run = tmp_path / "run"
     torch.manual_seed(1)

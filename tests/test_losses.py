@@ -95,3 +95,14 @@ def test_losses_accept_soft_mixup_targets():
     for loss in (FocalLoss(0.25, 2.0, 0.05), ComboLoss()):
         value = loss(logits, target)
         assert torch.isfinite(value) and value.item() > 0
+
+
+def test_soft_dice_skip_leaves_empty_samples_to_bce():
+    # Same batch as test_soft_dice_is_averaged_per_sample: with empty="skip" only sample 1 counts.
+    logits = torch.stack([logits_of([[[0.9, 0.2], [0.6, 0.1]]]), logits_of([[[0.5, 0.5], [0.5, 0.5]]])])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    assert SoftDiceLoss(empty="skip")(logits, target).item() == pytest.approx(1 - 4 / 4.8, abs=1e-6)
+    # A batch without any foreground has no Dice term at all.
+    assert SoftDiceLoss(empty="skip")(logits, torch.zeros_like(target)).item() == 0.0
+    with pytest.raises(ValueError, match="skip"):
+        SoftDiceLoss(empty="sometimes")

@@ -5,9 +5,12 @@ Segmentation
     (``mask_source`` gt or box): every slice with a nodule plus ``negatives`` nodule-free slices per
     nodule slice, drawn at random (fixed seed) from the same series. ``negatives=0`` keeps annotated
     slices only, as the paper's 7,061 annotated slices.
-    ``SegmentationDataset`` yields ``(image (1,S,S) float in [0,1], mask (1,S,S) float {0,1})``; slices
+    ``SegmentationDataset`` yields ``(image (C,S,S) float in [0,1], mask (1,S,S) float {0,1})``; slices
     are resized to ``image_size`` exactly as ``lungcad.inference.SliceSegmenter`` resizes them
-    (bilinear on the float image), masks with nearest neighbour.
+    (bilinear on the float image), masks with nearest neighbour. ``C = 2 k + 1`` with
+    ``context_slices = k`` (2.5D input): the slice and its ``k`` neighbours on each side in the
+    series' slice order, clamped at the series ends (``neighbour_indices``), exactly as the inferer
+    stacks a volume.
 
 Classification
     ``classification_items(bench, patients, mask_source, pred_mask_dir)`` picks the slices whose mask
@@ -100,6 +103,16 @@ def _mask_or_empty(path: str | Path | None, shape: tuple[int, int]) -> np.ndarra
     return mask
 
 
+def neighbour_indices(n: int, k: int, indices=None) -> np.ndarray:
+    """Stack positions of the 2.5D input of each slice: ``(len(indices), 2k + 1)``, clamped to ``[0, n)``.
+
+    Row ``i`` is ``[j - k, ..., j, ..., j + k]`` for ``j = indices[i]`` (all slices by default); the
+    centre column is the slice itself. Clamping repeats the first/last slice at the series ends.
+    """
+    positions = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+    return np.clip(positions[:, None] + np.arange(-k, k + 1)[None, :], 0, max(n - 1, 0))
+
+
 def _key(key) -> tuple[int, int | None]:
     if isinstance(key, (tuple, list)):
         return int(key[0]), int(key[1])
@@ -157,28 +170,61 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, items: pd.DataFrame, bench: str | Path, image_size: int = 256,
-                 transform=None):
+                 transform=None, context_slices: int = 0):
         self.items = items.reset_index(drop=True)
         self.bench = Path(bench)
         self.image_size = int(image_size)
         self.transform = transform
+        self.context_slices = int(context_slices)
+        self._series: dict[str, list[str]] = {}
+        self._position: dict[str, int] = {}
+        if self.context_slices > 0:
+            self._index_series()
+
+    def _index_series(self) -> None:
+        """Every slice of the items' series in slice order (neighbours need not be items themselves)."""
+        manifest = read_manifest(self.bench)
+        wanted = set(self.items["series_uid"])
+        rows = manifest[manifest["series_uid"].isin(wanted)].sort_values(["series_uid", "slice_index"], kind="stable")
+        for series_uid, group in rows.groupby("series_uid", sort=False):
+            paths = group["image_path"].tolist()
+            self._series[series_uid] = paths
+            self._position.update({path: i for i, path in enumerate(paths)})
+
+    def _stack_paths(self, row) -> list[str]:
+        if self.context_slices == 0:
+            return [row["image_path"]]
+        paths = self._series[row["series_uid"]]
+        centre = self._position[row["image_path"]]
+        return [paths[i] for i in neighbour_indices(len(paths), self.context_slices, [centre])[0]]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The resized slice (float32) and mask (uint8 {0,1}) of row ``index``, before augmentation."""
+        """The resized slice (float32 (S, S), or (S, S, C) with context slices) and mask (uint8 {0,1})
+        of row ``index``, before augmentation."""
         row = self.items.iloc[index]
         image = read_png(self.bench / row["image_path"])
         mask_path = self.bench / row["mask_path"] if row["mask_path"] else None
         mask = _mask_or_empty(mask_path, image.shape)
-        return resize_image(image, self.image_size), resize_mask(mask, self.image_size)
+        if self.context_slices == 0:
+            return resize_image(image, self.image_size), resize_mask(mask, self.image_size)
+        channels = []
+        for path in self._stack_paths(row):
+            neighbour = read_png(self.bench / path)
+            if neighbour.shape != image.shape:
+                raise LungcadError(f"{self.bench / path}: slice shape {neighbour.shape} differs from its "
+                                   f"series neighbour {row['image_path']} {image.shape}")
+            channels.append(resize_image(neighbour, self.image_size))
+        return np.stack(channels, axis=-1), resize_mask(mask, self.image_size)
 
     def __getitem__(self, key):
         index, seed = _key(key)
         image, mask = self.load(index)
         image, mask = apply(self.transform, image, mask, seed)
-        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        image = image.permute(2, 0, 1).contiguous() if image.ndim == 3 else image[None]
         mask = torch.from_numpy(np.ascontiguousarray(mask > 0, dtype=np.float32))[None]
         return image.clamp_(0.0, 1.0), mask
 

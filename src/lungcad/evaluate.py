@@ -151,16 +151,19 @@ def _load_stack(bench: Path, paths) -> list[np.ndarray]:
 
 
 def _predict_masks(segmenter, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Segment a list of slices in chunks of equal shape; returns one bool mask per slice."""
+    """Segment a series' slices (in slice order) in chunks; returns one bool mask per slice.
+
+    Slices of one shape form one stack, so a 2.5D model reads its neighbours across chunk borders.
+    """
     out: list[np.ndarray | None] = [None] * len(images)
     by_shape: dict[tuple, list[int]] = {}
     for i, image in enumerate(images):
         by_shape.setdefault(image.shape, []).append(i)
     for indices in by_shape.values():
+        stack = np.stack([images[i] for i in indices])
         for start in range(0, len(indices), SERIES_CHUNK):
-            chunk = indices[start:start + SERIES_CHUNK]
-            masks = segmenter.predict_masks(np.stack([images[i] for i in chunk]))
-            for i, mask in zip(chunk, masks):
+            masks = segmenter.predict_masks(stack, indices=np.arange(start, min(start + SERIES_CHUNK, len(indices))))
+            for i, mask in zip(indices[start:start + SERIES_CHUNK], masks):
                 out[i] = mask
     return out
 

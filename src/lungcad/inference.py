@@ -177,31 +177,43 @@ class SliceSegmenter(_RunInferer):
     def in_channels(self) -> int:
         return int(self.model_json.get("in_channels", 1))
 
-    def predict_proba(self, images_u8: np.ndarray,
-                      roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
-        """Foreground probability of each pixel: (N, H, W) uint8 -> (N, H, W) float32 in [0, 1].
+    @property
+    def context_slices(self) -> int:
+        """Neighbours on each side in the 2.5D input (model.json ``context_slices``; 0 = one slice)."""
+        return int(self.model_json.get("context_slices", 0))
 
-        ``roi`` = (y0, y1, x0, x1) in input pixels restricts the network to that region (grown to
-        multiples of 32 on the model grid, at the model's scale); outside it the probability is 0.
+    def predict_proba(self, images_u8: np.ndarray,
+                      roi: tuple[int, int, int, int] | None = None, indices=None) -> np.ndarray:
+        """Foreground probability of each pixel: (N, H, W) uint8 -> (M, H, W) float32 in [0, 1].
+
+        ``images_u8`` is a stack of slices in series order: a 2.5D model (``context_slices`` k > 0)
+        reads each slice's k neighbours on either side from it (clamped at the ends, as in
+        training), so pass the whole series (or enough of it). ``indices`` selects the slices to
+        predict (default: all, ``M = N``). ``roi`` = (y0, y1, x0, x1) in input pixels restricts the
+        network to that region (grown to multiples of 32 on the model grid, at the model's scale);
+        outside it the probability is 0.
         """
+        from .data import neighbour_indices
+
         images_u8 = np.asarray(images_u8)
         if images_u8.ndim != 3:
             raise ValueError(f"expected (N, H, W) slices, got shape {images_u8.shape}")
         n, height, width = images_u8.shape
-        out = np.zeros((n, height, width), np.float32)
+        stacks = neighbour_indices(n, self.context_slices, indices)  # (M, 2k + 1)
+        out = np.zeros((len(stacks), height, width), np.float32)
         size = self.image_size
         box = None
         if roi is not None:
             sy, sx = size / height, size / width
             box = _snap_box((int(np.floor(roi[0] * sy)), int(np.ceil(roi[1] * sy)),
                              int(np.floor(roi[2] * sx)), int(np.ceil(roi[3] * sx))), size)
-        for start in range(0, n, self.batch_size):
-            chunk = torch.from_numpy(images_u8[start:start + self.batch_size].astype(np.float32))
-            x = _resize(chunk[:, None] / 255.0, (size, size))
+        for start in range(0, len(stacks), self.batch_size):
+            chunk = torch.from_numpy(images_u8[stacks[start:start + self.batch_size]].astype(np.float32))
+            x = _resize(chunk / 255.0, (size, size))  # (B, 2k + 1, size, size)
             if box is not None:
                 x = x[:, :, box[0]:box[1], box[2]:box[3]]
-            if self.in_channels != 1:
-                x = x.expand(-1, self.in_channels, -1, -1)
+            if x.shape[1] != self.in_channels:
+                x = x.expand(-1, self.in_channels, -1, -1)  # a 1-slice model built with 3 input channels
             logits = torch.from_numpy(self.runner(x.contiguous().numpy()))
             proba = torch.sigmoid(logits.reshape(x.shape[0], 1, *x.shape[-2:]))
             if box is not None:
@@ -212,9 +224,9 @@ class SliceSegmenter(_RunInferer):
         return np.clip(out, 0.0, 1.0, out=out)
 
     def predict_masks(self, images_u8: np.ndarray,
-                      roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+                      roi: tuple[int, int, int, int] | None = None, indices=None) -> np.ndarray:
         """Binary nodule masks: probability >= the run's ``threshold`` (model.json)."""
-        return self.predict_proba(images_u8, roi=roi) >= self.threshold
+        return self.predict_proba(images_u8, roi=roi, indices=indices) >= self.threshold
 
 
 @dataclass

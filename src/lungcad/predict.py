@@ -411,7 +411,7 @@ class Predictor:
         box = tuple(region["box"])
         roi = None if box == (0, ny, 0, nx) else box
         if len(slices):
-            proba[slices] = self.segmenter.predict_proba(images[slices], roi=roi)
+            proba[slices] = self.segmenter.predict_proba(images, roi=roi, indices=slices)
         proba = view.from_canonical(proba)
         lap("segmentation")
 

@@ -174,7 +174,8 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.loss = BceDiceLoss(cfg["bce_weight"], cfg["dice_weight"])
+        self.loss = BceDiceLoss(cfg["bce_weight"], cfg["dice_weight"],
+                                dice_empty=cfg.get("dice_empty", "include"))
         self._counts: list[torch.Tensor] = []
 
     def forward(self, x):

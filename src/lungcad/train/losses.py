@@ -1,8 +1,11 @@
 """Training losses of the paper (Tables 4 and 5), all on raw logits.
 
 - ``SoftDiceLoss``: 1 - soft Dice of sigmoid probabilities, smooth = 1, computed **per sample** and
-  averaged over the batch (so a small nodule counts as much as a large one; a sample whose target
-  and prediction are both empty scores Dice 1 thanks to the smoothing term).
+  averaged over the batch (so a small nodule counts as much as a large one). ``empty="include"``
+  (the paper's loss as written) also averages samples with an empty target, where the smoothing term
+  makes any predicted mass cost ``P / (P + 1)``: a strong pull towards predicting nothing, which
+  costs recall on small nodules. ``empty="skip"`` averages only samples with a nodule and leaves
+  empty ones to the BCE term.
 - ``BceDiceLoss``: 0.52 x BCEWithLogits + 0.48 x SoftDice (segmentation, Table 4).
 - ``FocalLoss``: binary focal loss with label smoothing (classification phase 1, Table 5).
 - ``ComboLoss``: 0.7 x focal + 0.3 x BCE (classification phase 2, Table 5).
@@ -23,11 +26,18 @@ def _flat_logits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
 
 
 class SoftDiceLoss(nn.Module):
-    """1 - (2 |P∩G| + s) / (|P| + |G| + s) per sample on sigmoid probabilities, mean over the batch."""
+    """1 - (2 |P∩G| + s) / (|P| + |G| + s) per sample on sigmoid probabilities, mean over the batch.
 
-    def __init__(self, smooth: float = 1.0):
+    ``empty``: ``"include"`` averages every sample; ``"skip"`` only those whose target has
+    foreground (the loss is 0 for a batch without any).
+    """
+
+    def __init__(self, smooth: float = 1.0, empty: str = "include"):
         super().__init__()
+        if empty not in ("include", "skip"):
+            raise ValueError(f"empty must be 'include' or 'skip', got {empty!r}")
         self.smooth = smooth
+        self.empty = empty
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         proba = torch.sigmoid(logits.float()).flatten(1)
@@ -35,17 +45,21 @@ class SoftDiceLoss(nn.Module):
         intersection = (proba * target).sum(dim=1)
         total = proba.sum(dim=1) + target.sum(dim=1)
         dice = (2 * intersection + self.smooth) / (total + self.smooth)
+        if self.empty == "skip":
+            keep = target.sum(dim=1) > 0
+            return (1 - dice[keep]).sum() / keep.sum().clamp(min=1)
         return (1 - dice).mean()
 
 
 class BceDiceLoss(nn.Module):
     """Weighted sum of pixel BCE (with logits) and per-sample soft Dice (paper: 0.52 / 0.48)."""
 
-    def __init__(self, bce_weight: float = 0.52, dice_weight: float = 0.48, smooth: float = 1.0):
+    def __init__(self, bce_weight: float = 0.52, dice_weight: float = 0.48, smooth: float = 1.0,
+                 dice_empty: str = "include"):
         super().__init__()
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
-        self.dice = SoftDiceLoss(smooth)
+        self.dice = SoftDiceLoss(smooth, empty=dice_empty)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())

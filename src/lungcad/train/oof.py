@@ -57,6 +57,7 @@ def _predict_patient(segmenter, bench: Path, out_dir: Path, rows: pd.DataFrame) 
     """Predict and write the masks of one patient's slices; returns the areas table rows."""
     areas = []
     for _, series in rows.groupby("series_uid", sort=False):
+        series = series.sort_values("slice_index", kind="stable")  # stack order: 2.5D neighbours
         shapes = {read_png(bench / p).shape for p in series["image_path"]}
         for shape in shapes:  # one batch per slice size
             part = series[[read_png(bench / p).shape == shape for p in series["image_path"]]]

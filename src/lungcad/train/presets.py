@@ -29,6 +29,9 @@ _COMMON = {
 
 # Segmentation. Table 4 for the paper preset.
 #   image_size: slices are resized to this (training, validation and prediction alike).
+#   context_slices: k neighbouring slices on each side as extra input channels (2.5D, 2k + 1
+#     channels; 0 = the paper's single slice). A small nodule and a vessel seen end-on look alike in
+#     one slice; across slices the vessel runs on while the nodule ends.
 #   train_crop: train on random windows of that side cut from the resized slice (None: whole slice);
 #     nodule_crop_p: probability that the window contains the nodule.
 #   negatives: nodule-free slices per nodule slice, drawn from the same series (0: annotated slices
@@ -39,6 +42,7 @@ SEGMENTATION = {
     "paper": {
         **_COMMON,
         "image_size": 256,
+        "context_slices": 0,
         "train_crop": None,
         "nodule_crop_p": 0.0,
         "negatives": 0.0,
@@ -50,6 +54,7 @@ SEGMENTATION = {
         "weight_decay": 2e-5,
         "bce_weight": 0.52,
         "dice_weight": 0.48,
+        "dice_empty": "include",  # the paper's per-sample soft Dice over every sample
         "plateau_patience": 7,
         "plateau_factor": 0.5,
         "early_stopping_patience": 13,
@@ -63,6 +68,7 @@ SEGMENTATION = {
     "cpu": {
         **_COMMON,
         "image_size": 256,
+        "context_slices": 0,
         "train_crop": 128,
         "nodule_crop_p": 0.5,
         "negatives": 1.0,  # as many nodule-free slices as nodule slices: few false positives on full slices
@@ -74,6 +80,7 @@ SEGMENTATION = {
         "weight_decay": 2e-5,
         "bce_weight": 0.52,
         "dice_weight": 0.48,
+        "dice_empty": "include",
         "plateau_patience": 3,
         "plateau_factor": 0.5,
         "early_stopping_patience": None,

@@ -23,13 +23,22 @@ from .engine import SEG_COLUMNS, SUMMARY, FitSpec, SegmentationModule, check_run
 WINDOW_HU = [-1200, 0]
 
 
+def context_slices(cfg: dict) -> int:
+    """Neighbouring slices on each side in the 2.5D input (0: the paper's single slice)."""
+    k = int(cfg.get("context_slices") or 0)
+    if k < 0:
+        raise LungcadError(f"context_slices must be >= 0, got {k}")
+    return k
+
+
 def seg_model_json(arch: str, cfg: dict) -> dict:
     """``model.json`` of a segmentation run: enough to rebuild the model and preprocess slices."""
     return {
         "task": "segmentation",
         "arch": arch,
         "kwargs": dict(cfg.get("model_kwargs") or {}),
-        "in_channels": 1,
+        "in_channels": 2 * context_slices(cfg) + 1,
+        "context_slices": context_slices(cfg),
         "image_size": int(cfg["image_size"]),
         "window_hu": WINDOW_HU,
         "threshold": 0.5,
@@ -86,13 +95,15 @@ def fit_segmenter(
     size = int(cfg["image_size"])
     crop = cfg.get("train_crop")
     crop = int(crop) if crop and int(crop) < size else None  # a window as large as the slice: no crop
+    k = context_slices(cfg)
     train_set = SegmentationDataset(
         train_items, bench, size,
         build_augmentation(cfg["augmentation"], size, crop, cfg.get("nodule_crop_p", 0.9)),
+        context_slices=k,
     )
-    val_set = SegmentationDataset(val_items, bench, size, None)
+    val_set = SegmentationDataset(val_items, bench, size, None, context_slices=k)
     seed_all(seed)  # the same initial weights on every run
-    model = create_segmenter(arch, in_channels=1, pretrained=pretrained, weights=weights,
+    model = create_segmenter(arch, in_channels=2 * k + 1, pretrained=pretrained, weights=weights,
                              **(cfg.get("model_kwargs") or {}))
     if cfg.get("init_prior") and weights is None:
         set_output_prior(model, float(cfg["init_prior"]))
