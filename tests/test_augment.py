@@ -104,12 +104,12 @@ def test_nodule_crop_random_when_mask_empty():
 
 def test_light_scale_jitter_zooms_both_ways_and_crop_keeps_the_nodule():
     image, mask = _slice(center=(48, 48), radius=10)
-    areas = [apply(light_augmentation(SIZE), image, mask, seed=s)[1].sum() for s in range(40)]
+    areas = [apply(light_augmentation(SIZE, jitter=True), image, mask, seed=s)[1].sum() for s in range(40)]
     base = mask.sum()
     # Zoom out shrinks the disc, zoom in grows it (up to 1.6^2 x the area), the rest keep it.
     assert min(areas) < 0.8 * base and max(areas) > 1.4 * base
     assert max(areas) < 1.6 ** 2 * base * 1.1
-    cropped = build_augmentation("light", SIZE, crop=48, nodule_crop_p=1.0)
+    cropped = build_augmentation("light", SIZE, crop=48, nodule_crop_p=1.0, jitter=True)
     for seed in range(10):
         out_image, out_mask = apply(cropped, image, mask, seed=seed)
         assert out_image.shape == (48, 48) and out_mask.sum() > 0
@@ -118,8 +118,15 @@ def test_light_scale_jitter_zooms_both_ways_and_crop_keeps_the_nodule():
 def test_augmentation_keeps_2p5d_channels_together():
     image, mask = _slice()
     stack = np.stack([image, image // 2, image // 4], axis=-1).astype(np.float32) / 255
-    out, out_mask = apply(build_augmentation("light", SIZE, crop=48, nodule_crop_p=1.0), stack, mask, seed=3)
+    out, out_mask = apply(build_augmentation("light", SIZE, crop=48, nodule_crop_p=1.0, jitter=True), stack, mask, seed=3)
     assert out.shape == (48, 48, 3)
     # Every channel went through the same geometry: the channel ratios survive on the disc.
     inside = out_mask > 0
     assert np.allclose(out[..., 1][inside] * 2, out[..., 0][inside], atol=0.02)
+
+
+def test_classification_pipeline_keeps_the_nodule_size():
+    # jitter=False (the default; classification): flips and 90° turns only move the disc.
+    image, mask = _slice(center=(48, 48), radius=10)
+    pipeline = build_augmentation("light", SIZE, jitter=False)
+    assert {int(apply(pipeline, image, mask, seed=s)[1].sum()) for s in range(20)} == {int(mask.sum())}

@@ -18,7 +18,6 @@ Run folder::
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..augment import build_augmentation
 from ..config import resolve, write_yaml
 from ..data import ClassificationDataset, classification_items
 from ..errors import LungcadError
+from ..io import atomic_path
 from .engine import (
     CLS_COLUMNS, LAST_CKPT, SUMMARY, ClassificationModule, EpochSampler, FitSpec, WithIndex, fit,
     finished_summary, inverse_frequency_weights, plot_training_curves, seed_all, write_json,
@@ -110,11 +110,15 @@ def _train_phase(
     size, crop = int(cfg["input_size"]), int(cfg["crop"])
     augmentation = cfg["augmentation"]
     train_set = ClassificationDataset(items["train"], bench, size, crop,
-                                      transform=lambda shape: build_augmentation(augmentation, shape))
+                                      transform=lambda shape: build_augmentation(augmentation, shape, jitter=False))
     val_set = ClassificationDataset(items["val"], bench, size, crop, transform=None)
     labels = items["train"]["label"].to_numpy()
     sampler = EpochSampler(len(train_set), seed=seed,
                            weights=inverse_frequency_weights(labels) if cfg.get("weighted_sampler") else None)
+    if init_weights is None and not pretrained and phase_cfg.get("freeze_epochs"):
+        # Freezing a randomly initialised encoder would train the head on random features.
+        phase_cfg["freeze_epochs"] = 0
+        phase_cfg["freeze_note"] = "encoder randomly initialised: not frozen"
     seed_all(seed)
     model = create_classifier(arch, in_chans=7, pretrained=pretrained and init_weights is None,
                               weights=init_weights, **(cfg.get("model_kwargs") or {}))
@@ -128,6 +132,8 @@ def _train_phase(
         accumulate_grad_batches=int(phase_cfg.get("accumulate_grad_batches") or 1), resume=resume,
         devices=devices,
         extra_summary={"phase": phase, "mask_source": mask_source, "val_masks": phase_cfg.get("val_masks", mask_source),
+                       "freeze_epochs": int(phase_cfg.get("freeze_epochs") or 0),
+                       **({"freeze_note": phase_cfg["freeze_note"]} if "freeze_note" in phase_cfg else {}),
                        "train_slices": len(items["train"]), "val_slices": len(items["val"]),
                        "train_patients": items["train"]["patient_id"].nunique(),
                        "val_patients": items["val"]["patient_id"].nunique(),
@@ -145,23 +151,19 @@ def _merge_histories(run_dir: Path, phases: list[int]) -> Path:
             with path.open(newline="") as handle:
                 rows += [{"phase": phase, **row} for row in csv.DictReader(handle)]
     out = run_dir / "history.csv"
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=("phase", *CLS_COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out)
     return out
 
 
 def _publish(run_dir: Path, phase: int) -> None:
     """Copy the phase's best model to the top of the run folder (weights first, then model.json)."""
     source = run_dir / f"phase{phase}"
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     for name in ("checkpoints/best.safetensors", "model.json"):
-        tmp = run_dir / (name + ".tmp")
-        shutil.copyfile(source / name, tmp)
-        os.replace(tmp, run_dir / name)
+        with atomic_path(run_dir / name) as tmp:
+            shutil.copyfile(source / name, tmp)
 
 
 def train_classifier(

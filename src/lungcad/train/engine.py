@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import LungcadError
+from ..io import atomic_path, write_text_atomic
 from ..models import save_run_model
 from .losses import BceDiceLoss, build_classification_loss
 
@@ -56,10 +57,7 @@ def _json_safe(value):
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically (temporary name, then rename); NaN becomes null."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def seed_all(seed: int) -> None:
@@ -389,12 +387,10 @@ class HistoryWriter(Callback):
                 row[column] = _metric(trainer, column)
         self.rows.append(row)
         if trainer.is_global_zero:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with tmp.open("w", newline="") as handle:
+            with atomic_path(self.path) as tmp, tmp.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(self.rows)
-            os.replace(tmp, self.path)
 
 
 class BestExporter(Callback):
@@ -445,10 +441,12 @@ class LastCheckpoint(Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizer, schedulers, loops
+        # save_checkpoint is called on every rank (it synchronises them); only rank zero writes and renames
         if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+            with atomic_path(self.path) as tmp:
+                trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizer, schedulers, loops
+        else:
+            trainer.save_checkpoint(self.path, weights_only=False)
         trainer.strategy.barrier()
 
 

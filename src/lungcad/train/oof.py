@@ -18,7 +18,6 @@ Written into the segmentation run folder:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -27,6 +26,7 @@ import pandas as pd
 
 from ..data import predicted_mask_path, read_manifest, read_png
 from ..errors import LungcadError
+from ..io import atomic_path
 from .engine import write_json
 
 PROVENANCE = "predicted_masks.json"
@@ -46,11 +46,9 @@ def patient_folds(patients: list[str], k: int, seed: int = 42) -> list[list[str]
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    if not cv2.imwrite(str(tmp), np.where(mask, 255, 0).astype(np.uint8)):
-        raise LungcadError(f"{path}: cannot write predicted mask")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:  # cv2 picks the format from the extension
+        if not cv2.imwrite(str(tmp), np.where(mask, 255, 0).astype(np.uint8)):
+            raise LungcadError(f"{path}: cannot write predicted mask")
 
 
 def _predict_patient(segmenter, bench: Path, out_dir: Path, rows: pd.DataFrame) -> list[dict]:
@@ -139,11 +137,9 @@ def write_predicted_masks(
 
 
 def _write_areas(path: Path, areas: dict[str, list[dict]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     rows = [row for patient in sorted(areas) for row in areas[patient]]
-    pd.DataFrame(rows, columns=["image_path", "patient_id", "area_px"]).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=["image_path", "patient_id", "area_px"]).to_csv(tmp, index=False)
 
 
 def _write_provenance(path: Path, run_dir: Path, k: int, models: dict, patients: dict, complete: bool) -> None:

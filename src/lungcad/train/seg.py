@@ -98,7 +98,8 @@ def fit_segmenter(
     k = context_slices(cfg)
     train_set = SegmentationDataset(
         train_items, bench, size,
-        build_augmentation(cfg["augmentation"], size, crop, cfg.get("nodule_crop_p", 0.9)),
+        build_augmentation(cfg["augmentation"], size, crop, cfg.get("nodule_crop_p", 0.9),
+                           jitter=bool(cfg.get("scale_jitter"))),
         context_slices=k,
     )
     val_set = SegmentationDataset(val_items, bench, size, None, context_slices=k)
