@@ -12,11 +12,14 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from lungcad.errors import InputError
 from lungcad.io import (
     Volume,
+    atomic_path,
     find_dicom_series,
     index_to_world,
     read_dicom_series,
     read_volume,
     world_to_index,
+    write_bytes_atomic,
+    write_text_atomic,
     write_volume,
 )
 
@@ -198,3 +201,40 @@ def test_real_lidc_sample_geometry(realdata):
     assert z == sorted(z) and z[0] == pytest.approx(-132.5) and z[-1] == pytest.approx(-95.0)
     ds = pydicom.dcmread(series[0].files[0])
     np.testing.assert_array_equal(vol.array[0], ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+
+
+def test_atomic_write_content_and_no_temp_left(tmp_path):
+    text_path = write_text_atomic(tmp_path / "a.txt", "line 1\nline 2 \u00e9\n")
+    assert text_path == tmp_path / "a.txt"
+    assert text_path.read_bytes() == "line 1\nline 2 \u00e9\n".encode("utf-8")  # UTF-8, no "\r\n"
+    write_bytes_atomic(tmp_path / "b.bin", b"\x00\x01\xff")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01\xff"
+    with atomic_path(tmp_path / "c.png", suffix=".png") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".png") and tmp != tmp_path / "c.png"
+        tmp.write_text("new")
+    assert (tmp_path / "c.png").read_text() == "new"
+    write_text_atomic(tmp_path / "a.txt", "replaced")  # an existing file is replaced
+    assert (tmp_path / "a.txt").read_text() == "replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "c.png"]
+
+
+def test_atomic_write_error_keeps_original_and_removes_temp(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("original")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half written")
+            raise RuntimeError("boom")
+    assert target.read_text() == "original"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    with pytest.raises(RuntimeError):  # a body that never created the temp file
+        with atomic_path(tmp_path / "new.txt"):
+            raise RuntimeError("before writing")
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_atomic_write_creates_parent_folder(tmp_path):
+    target = tmp_path / "x" / "y" / "z.txt"
+    write_text_atomic(target, "deep")
+    assert target.read_text() == "deep"
+    assert [p.name for p in target.parent.iterdir()] == ["z.txt"]

@@ -8,13 +8,13 @@ back. The preset values themselves live in ``lungcad.train.presets``.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 from .errors import LungcadError
+from .io import write_text_atomic
 
 TASKS = ("segmentation", "classification")
 
@@ -107,12 +107,7 @@ def _plain(value):
 
 def write_yaml(cfg: Mapping, path: str | Path) -> Path:
     """Write ``cfg`` as YAML to ``path`` (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, yaml.safe_dump(_plain(cfg), sort_keys=False))
 
 
 def read_yaml(path: str | Path) -> dict:

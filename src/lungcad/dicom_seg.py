@@ -11,13 +11,13 @@ that the file still states "nothing found" for the whole series.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .errors import LungcadError
+from .io import atomic_path
 from .predict import PredictionResult
 
 SEGMENT_LABEL = "Lung nodule"
@@ -85,8 +85,6 @@ def write_dicom_seg(result: PredictionResult, path: Path) -> Path:
     """Write ``seg.dcm`` atomically (temporary name, then rename)."""
     seg = build_dicom_seg(result)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    seg.save_as(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
     return path

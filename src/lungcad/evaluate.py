@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import LungcadError
+from .io import write_text_atomic
 from .metrics import (
     classification_summary,
     dice_from_counts,
@@ -121,13 +121,6 @@ def _json_ready(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _progress(iterable, enabled: bool, desc: str, total: int | None = None):
@@ -654,12 +647,12 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
     metrics = _json_ready(metrics)
 
     out = Path(out) if out is not None else run / "metrics.json"
-    _write_atomic(out, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(metrics, indent=2) + "\n")
     markdown = metrics_markdown(metrics)
-    _write_atomic(out.with_suffix(".md"), markdown)
+    write_text_atomic(out.with_suffix(".md"), markdown)
     if predictions is not None and len(predictions):
         csv_path = out.with_name("predictions.csv" if out.name == "metrics.json" else out.stem + "_predictions.csv")
-        _write_atomic(csv_path, predictions.to_csv(index=False))
+        write_text_atomic(csv_path, predictions.to_csv(index=False))
     if not quiet:
         print(markdown)
     return metrics

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from .errors import LungcadError
 from .inference import ONNX_META_KEY
+from .io import write_bytes_atomic
 
 DEFAULT_OPSET = 17
 
@@ -111,9 +111,5 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, opset: int = DEFAULT_
             checks.append(_compare(model, data, _example_input(info, batch=1, side=side)))
         summary["max_abs_diff"] = max(c[0] for c in checks)
         summary["max_abs_logit"] = max(c[1] for c in checks)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out_path)
+    write_bytes_atomic(out_path, data)
     return summary

@@ -14,6 +14,8 @@ float (no uint16 overflow); voxels equal to PixelPaddingValue become -1024 HU (a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -385,6 +387,43 @@ def read_volume(path: str | Path) -> Volume:
     return read_dicom_series(path.parent if path.is_file() else path)
 
 
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically
+    (``os.replace``), on error it is removed and the exception re-raised.
+
+    Creates the parent folder. The temporary name is ``.{name}.{pid}.tmp{suffix}`` (the pid: two
+    processes never share a temporary file); ``suffix`` is for writers that pick the format from
+    the extension (e.g. ``".png"``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # never hide the original error
+            pass
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a text file atomically: UTF-8, no newline translation ('\\n' stays '\\n')."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write a binary file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def write_volume(volume: Volume, path: str | Path, dtype=None) -> Path:
     """Write a volume (.nii.gz, .nii, .mhd, .mha) with its geometry, atomically (temp name + rename)."""
     path = Path(path)
@@ -395,7 +434,8 @@ def write_volume(volume: Volume, path: str | Path, dtype=None) -> Path:
         # The header names its .raw sidecar: a renamed temp header would point at the wrong file.
         sitk.WriteImage(image, str(path))
         return path
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    sitk.WriteImage(image, str(tmp), useCompression=path.name.endswith(".gz"))
-    os.replace(tmp, path)
+    # SimpleITK picks the format from the extension: the temporary name keeps it.
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    with atomic_path(path, suffix=suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=path.name.endswith(".gz"))
     return path

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from .errors import LungcadError
+from .io import write_text_atomic
 
 # Architecture names (CLI) -> the paper's display names (Tables 6 and 7).
 DISPLAY_NAMES = {
@@ -190,9 +190,5 @@ def leaderboard(runs, out: str | Path | None = None) -> str:
         tables.append(classification_table(cls))
     text = "\n".join(tables)
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        write_text_atomic(out, text)
     return text

@@ -7,7 +7,6 @@ machines without a display.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .errors import LungcadError
+from .io import atomic_path
 
 # Metric panels per task, as in the paper: Figure 8 (segmentation), Figures 9-10 (classification).
 PANELS = {
@@ -34,10 +34,8 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path: str | Path) -> Path:
     """Write the PNG under a temporary name, then rename (never a half-written figure)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return path
 
 

@@ -15,13 +15,13 @@ import base64
 import html
 import io
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .io import write_bytes_atomic
 from .predict import HEADLINE, PredictionResult
 
 DISCLAIMER = "Research software, not a medical device: not for clinical use or diagnosis."
@@ -31,15 +31,6 @@ MASK_ENCODING = "label map on the input grid: 0 background, k = nodule id k (uin
 _MONTAGE_MAX = 12
 _FILES = {"nifti": "mask.nii.gz", "dicom-seg": "seg.dcm", "json": "report.json",
           "png": "report.png", "html": "report.html"}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def write_mask_nifti(result: PredictionResult, path: Path) -> Path:
@@ -206,7 +197,7 @@ def write_outputs(result: PredictionResult, case_dir: Path, formats, models: dic
     if "png" in formats or "html" in formats:
         png = render_montage_png(result)
     if "png" in formats:
-        written["png"] = str(atomic_write_bytes(case_dir / _FILES["png"], png))
+        written["png"] = str(write_bytes_atomic(case_dir / _FILES["png"], png))
     if "json" in formats or "html" in formats:
         listed = {fmt: Path(p).name for fmt, p in written.items()}
         for fmt in ("json", "html"):
@@ -216,11 +207,11 @@ def write_outputs(result: PredictionResult, case_dir: Path, formats, models: dic
         opts = options if isinstance(options, dict) else _options_dict(options or PredictOptions())
         report = build_report(result, models, opts, input_path, listed)
         if "html" in formats:
-            written["html"] = str(atomic_write_bytes(case_dir / _FILES["html"],
+            written["html"] = str(write_bytes_atomic(case_dir / _FILES["html"],
                                                      render_html(report, png).encode()))
         if "json" in formats:
             text = json.dumps(report, indent=2) + "\n"
-            written["json"] = str(atomic_write_bytes(case_dir / _FILES["json"], text.encode()))
+            written["json"] = str(write_bytes_atomic(case_dir / _FILES["json"], text.encode()))
     return written
 
 

@@ -3,11 +3,13 @@ optional in-plane resampling and atomic PNG writing."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from lungcad.io import write_bytes_atomic
+from lungcad.io import write_text_atomic as write_text_atomic  # re-exported: ingest, manifest, splits
 
 WINDOW_HU = (-1200.0, 0.0)
 # Fast lossless PNG: zlib level 1 with the run-length strategy was the quickest and smallest of
@@ -78,16 +80,10 @@ def resample_slice(image: np.ndarray, spacing_yx: tuple[float, float], target: f
 def write_png_atomic(path: Path, image_u8: np.ndarray) -> None:
     """Write a uint8 2D PNG under a temporary name in the same folder, then rename it into place,
     so that a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = np.ascontiguousarray(image_u8, dtype=np.uint8)
     if image.ndim != 2:
         raise ValueError(f"expected a 2D uint8 slice, got shape {image.shape}")
-    encoded = _encode_png(image)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(encoded)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, _encode_png(image))
 
 
 _EMPTY_PNG: dict[tuple[int, int], bytes] = {}
@@ -105,13 +101,3 @@ def _encode_png(image: np.ndarray) -> bytes:
     if empty:
         _EMPTY_PNG[image.shape] = data
     return data
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file (UTF-8, '\\n' line ends) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

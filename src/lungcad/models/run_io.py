@@ -7,7 +7,6 @@ preprocessing), so ``predict`` and ``evaluate`` never need the training code's s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -15,14 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import LungcadError
+from ..io import atomic_path, write_text_atomic
 
 WEIGHTS = Path("checkpoints") / "best.safetensors"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_run_model(run_dir: str | Path, model: torch.nn.Module, model_json: dict) -> Path:
@@ -33,10 +27,9 @@ def save_run_model(run_dir: str | Path, model: torch.nn.Module, model_json: dict
     if info.get("task") not in ("segmentation", "classification"):
         raise ValueError("model_json['task'] must be 'segmentation' or 'classification'")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = run_dir / (str(WEIGHTS) + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, run_dir / WEIGHTS)
-    _atomic_write_text(run_dir / "model.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    with atomic_path(run_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    write_text_atomic(run_dir / "model.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
     return run_dir / WEIGHTS
 
 
