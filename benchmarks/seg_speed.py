@@ -89,7 +89,9 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "seg_speed", "size": a.size, "batch": a.batch, "iters": a.iters, "device": "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "results": rows,
+        "machine": platform.machine(),
+        # Other processes skew throughput: the 1-minute load average when the run ended says how busy it was.
+        "loadavg_1min_at_end": os.getloadavg()[0], "results": rows,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")

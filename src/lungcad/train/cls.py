@@ -27,33 +27,22 @@ from ..data import ClassificationDataset, classification_items
 from ..errors import LungcadError
 from ..io import atomic_path
 from .engine import (
-    CLS_COLUMNS, LAST_CKPT, SUMMARY, ClassificationModule, EpochSampler, FitSpec, WithIndex, fit,
+    CLS_COLUMNS, LAST_CKPT, SUMMARY, ClassificationModule, EpochSampler, FitSpec, WithIndex, base_model_json, fit,
     finished_summary, inverse_frequency_weights, plot_training_curves, seed_all, write_json,
 )
 from .oof import MASK_DIR, read_provenance, saw_patient
-from .seg import WINDOW_HU, copy_splits
+from .seg import copy_splits
 
 PHASES = ("1", "2", "both")
 
 
 def cls_model_json(arch: str, cfg: dict, phase: int, mask_source: str, seg_run) -> dict:
     """``model.json`` of a classification run (``image_size`` = ``input_size``, as inference reads it)."""
-    return {
-        "task": "classification",
-        "arch": arch,
-        "kwargs": dict(cfg.get("model_kwargs") or {}),
-        "in_channels": 7,
-        "image_size": int(cfg["input_size"]),
-        "input_size": int(cfg["input_size"]),
-        "crop": int(cfg["crop"]),
-        "window_hu": WINDOW_HU,
-        "threshold": 0.5,
-        "phase": phase,
-        "mask_source": mask_source,
-        "seg_run": str(Path(seg_run).resolve()) if seg_run else None,
-        "preset": cfg.get("preset"),
-        "seed": int(cfg["seed"]),
-    }
+    return base_model_json(
+        "classification", arch, cfg, 7, cfg["input_size"],
+        input_size=int(cfg["input_size"]), crop=int(cfg["crop"]), phase=phase, mask_source=mask_source,
+        seg_run=str(Path(seg_run).resolve()) if seg_run else None,
+    )
 
 
 def check_mask_provenance(seg_run: Path, patients: dict[str, list[str]]) -> dict:

@@ -60,6 +60,25 @@ def write_json(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(_json_safe(data), indent=2, sort_keys=True, default=str) + "\n")
 
 
+def base_model_json(task: str, arch: str, cfg: dict, in_channels: int, image_size: int, **extra) -> dict:
+    """The ``model.json`` fields every run has (what inference needs to rebuild and feed the model);
+    ``extra`` adds the task's own fields."""
+    from ..ingest.harmonize import WINDOW_HU
+
+    return {
+        "task": task,
+        "arch": arch,
+        "kwargs": dict(cfg.get("model_kwargs") or {}),
+        "in_channels": int(in_channels),
+        "image_size": int(image_size),
+        "window_hu": [int(v) for v in WINDOW_HU],
+        "threshold": 0.5,
+        **extra,
+        "preset": cfg.get("preset"),
+        "seed": int(cfg["seed"]),
+    }
+
+
 def seed_all(seed: int) -> None:
     """Seed Python, NumPy and torch (every device) without Lightning's log line."""
     random.seed(seed)

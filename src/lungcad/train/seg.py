@@ -18,10 +18,9 @@ from ..augment import build_augmentation
 from ..config import resolve, write_yaml
 from ..data import SegmentationDataset, read_manifest, segmentation_items
 from ..errors import LungcadError
-from .engine import SEG_COLUMNS, SUMMARY, FitSpec, SegmentationModule, check_run_dir, fit, seed_all, write_json
-
-WINDOW_HU = [-1200, 0]
-
+from .engine import (
+    SEG_COLUMNS, SUMMARY, FitSpec, SegmentationModule, base_model_json, check_run_dir, fit, seed_all, write_json,
+)
 
 def context_slices(cfg: dict) -> int:
     """Neighbouring slices on each side in the 2.5D input (0: the paper's single slice)."""
@@ -33,18 +32,8 @@ def context_slices(cfg: dict) -> int:
 
 def seg_model_json(arch: str, cfg: dict) -> dict:
     """``model.json`` of a segmentation run: enough to rebuild the model and preprocess slices."""
-    return {
-        "task": "segmentation",
-        "arch": arch,
-        "kwargs": dict(cfg.get("model_kwargs") or {}),
-        "in_channels": 2 * context_slices(cfg) + 1,
-        "context_slices": context_slices(cfg),
-        "image_size": int(cfg["image_size"]),
-        "window_hu": WINDOW_HU,
-        "threshold": 0.5,
-        "preset": cfg.get("preset"),
-        "seed": int(cfg["seed"]),
-    }
+    k = context_slices(cfg)
+    return base_model_json("segmentation", arch, cfg, 2 * k + 1, cfg["image_size"], context_slices=k)
 
 
 def set_output_prior(model: torch.nn.Module, prior: float) -> bool:
