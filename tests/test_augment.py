@@ -104,7 +104,7 @@ def test_nodule_crop_random_when_mask_empty():
 
 def test_light_scale_jitter_zooms_both_ways_and_crop_keeps_the_nodule():
     image, mask = _slice(center=(48, 48), radius=10)
-    areas = [apply(light_augmentation(SIZE, jitter=True), image, mask, seed=s)[1].sum() for s in range(40)]
+    areas = [apply(build_augmentation("light", SIZE, jitter=True), image, mask, seed=s)[1].sum() for s in range(40)]
     base = mask.sum()
     # Zoom out shrinks the disc, zoom in grows it (up to 1.6^2 x the area), the rest keep it.
     assert min(areas) < 0.8 * base and max(areas) > 1.4 * base

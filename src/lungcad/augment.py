@@ -81,12 +81,10 @@ def scale_jitter() -> A.Affine:
     return A.Affine(scale=(0.7, 1.6), balanced_scale=True, rotate=(-15, 15), fill=0, fill_mask=0, p=0.7)
 
 
-def light_augmentation(size: int | tuple[int, int] | None = None, jitter: bool = False) -> A.Compose:
-    """Flips, 90° rotations, small brightness/contrast (and ``scale_jitter`` with ``jitter``);
-    keeps the input size."""
+def light_augmentation(size: int | tuple[int, int] | None = None) -> A.Compose:
+    """Flips, 90° rotations, small brightness/contrast; keeps the input size (``size`` unused)."""
     return A.Compose(
         [
-            *([scale_jitter()] if jitter else []),
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.RandomRotate90(p=0.5),
@@ -106,19 +104,18 @@ def build_augmentation(
 ) -> A.Compose:
     """The named pipeline (``paper | light | none``), optionally preceded by ``nodule_crop(crop)``.
 
-    With a crop, the paper pipeline's RandomResizedCrop outputs ``crop`` x ``crop``. ``jitter=False``
-    adds ``scale_jitter`` to the light pipeline (segmentation only: for classification a nodule's
+    With a crop, the paper pipeline's RandomResizedCrop outputs ``crop`` x ``crop``. ``jitter=True``
+    puts ``scale_jitter`` in front of the light pipeline (segmentation only: for classification a nodule's
     size is a malignancy cue).
     """
     builders = {"paper": paper_augmentation, "light": light_augmentation, "none": no_augmentation}
     if name not in builders:
         raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+    # The zoom comes first, on the whole slice, so that a crop after it still finds the nodule.
+    zoom = [scale_jitter()] if jitter and name == "light" else []
     if crop is None:
-        return light_augmentation(size, jitter) if name == "light" else builders[name](size)
-    if name == "light":  # zoom the whole slice, then crop: the crop still finds the nodule
-        return A.Compose([*([scale_jitter()] if jitter else []), nodule_crop(crop, nodule_crop_p),
-                          *light_augmentation((crop, crop), jitter=False).transforms])
-    return A.Compose([nodule_crop(crop, nodule_crop_p), *builders[name]((crop, crop)).transforms])
+        return A.Compose([*zoom, *builders[name](size).transforms])
+    return A.Compose([*zoom, nodule_crop(crop, nodule_crop_p), *builders[name]((crop, crop)).transforms])
 
 
 def _children(transform) -> list:

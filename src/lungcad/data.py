@@ -192,8 +192,6 @@ class SegmentationDataset(Dataset):
             self._position.update({path: i for i, path in enumerate(paths)})
 
     def _stack_paths(self, row) -> list[str]:
-        if self.context_slices == 0:
-            return [row["image_path"]]
         paths = self._series[row["series_uid"]]
         centre = self._position[row["image_path"]]
         return [paths[i] for i in neighbour_indices(len(paths), self.context_slices, [centre])[0]]

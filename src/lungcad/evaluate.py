@@ -143,24 +143,6 @@ def _load_stack(bench: Path, paths) -> list[np.ndarray]:
     return [read_png(bench / p) for p in paths]
 
 
-def _predict_masks(segmenter, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Segment a series' slices (in slice order) in chunks; returns one bool mask per slice.
-
-    Slices of one shape form one stack, so a 2.5D model reads its neighbours across chunk borders.
-    """
-    out: list[np.ndarray | None] = [None] * len(images)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, image in enumerate(images):
-        by_shape.setdefault(image.shape, []).append(i)
-    for indices in by_shape.values():
-        stack = np.stack([images[i] for i in indices])
-        for start in range(0, len(indices), SERIES_CHUNK):
-            masks = segmenter.predict_masks(stack, indices=np.arange(start, min(start + SERIES_CHUNK, len(indices))))
-            for i, mask in zip(indices[start:start + SERIES_CHUNK], masks):
-                out[i] = mask
-    return out
-
-
 # --------------------------------------------------------------------------- segmentation
 
 
@@ -180,7 +162,7 @@ def predict_overlaps(segmenter, bench: Path, rows: pd.DataFrame, progress: bool 
     groups = _series_groups(rows)
     for _, group in _progress(groups, progress, "segmenting", len(groups)):
         images = _load_stack(bench, group["image_path"])
-        predicted = _predict_masks(segmenter, images)
+        predicted = segmenter.predict_series_masks(images, SERIES_CHUNK)
         targets = [read_png(bench / p) > 0 for p in group["mask_path"]]
         for (_, row), pred, target in zip(group.iterrows(), predicted, targets):
             if target.shape != pred.shape:
@@ -289,7 +271,7 @@ class LiveMasks:
         return split != "test"  # the final model trained on train and chose its epoch on val
 
     def masks(self, group: pd.DataFrame, images: list[np.ndarray]) -> list[np.ndarray]:
-        return _predict_masks(self.segmenter, images)
+        return self.segmenter.predict_series_masks(images, SERIES_CHUNK)
 
 
 class StoredMasks:

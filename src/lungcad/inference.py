@@ -228,6 +228,25 @@ class SliceSegmenter(_RunInferer):
         """Binary nodule masks: probability >= the run's ``threshold`` (model.json)."""
         return self.predict_proba(images_u8, roi=roi, indices=indices) >= self.threshold
 
+    def predict_series_masks(self, images: list[np.ndarray], chunk: int = 32) -> list[np.ndarray]:
+        """Binary masks of one series' slices, given as a list in slice order (sizes may differ).
+
+        Slices of one size form one stack, so a 2.5D model reads its neighbours across the borders
+        of the ``chunk``-slice calls that bound memory on long series.
+        """
+        out: list[np.ndarray | None] = [None] * len(images)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(np.shape(image), []).append(i)
+        for positions in by_shape.values():
+            stack = np.stack([images[i] for i in positions])
+            for start in range(0, len(positions), chunk):
+                part = positions[start:start + chunk]
+                masks = self.predict_masks(stack, indices=np.arange(start, start + len(part)))
+                for i, mask in zip(part, masks):
+                    out[i] = mask
+        return out
+
 
 @dataclass
 class SliceClassifier(_RunInferer):

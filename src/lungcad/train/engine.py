@@ -460,12 +460,13 @@ class LastCheckpoint(Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        # save_checkpoint is called on every rank (it synchronises them); only rank zero writes and renames
+        # Every rank calls save_checkpoint with the same temporary path (it is collective; sharded
+        # strategies write from every rank), so the name must not depend on the process: not
+        # io.atomic_path, whose temporary name carries the pid. Rank zero renames it into place.
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizer, schedulers, loops
         if trainer.is_global_zero:
-            with atomic_path(self.path) as tmp:
-                trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizer, schedulers, loops
-        else:
-            trainer.save_checkpoint(self.path, weights_only=False)
+            os.replace(tmp, self.path)
         trainer.strategy.barrier()
 
 

@@ -56,15 +56,11 @@ def _predict_patient(segmenter, bench: Path, out_dir: Path, rows: pd.DataFrame) 
     areas = []
     for _, series in rows.groupby("series_uid", sort=False):
         series = series.sort_values("slice_index", kind="stable")  # stack order: 2.5D neighbours
-        shapes = {read_png(bench / p).shape for p in series["image_path"]}
-        for shape in shapes:  # one batch per slice size
-            part = series[[read_png(bench / p).shape == shape for p in series["image_path"]]]
-            images = np.stack([read_png(bench / p) for p in part["image_path"]])
-            masks = segmenter.predict_masks(images)
-            for image_path, mask in zip(part["image_path"], masks):
-                _write_png(predicted_mask_path(out_dir, image_path), mask)
-                areas.append({"image_path": image_path, "patient_id": part["patient_id"].iloc[0],
-                              "area_px": int(mask.sum())})
+        images = [read_png(bench / p) for p in series["image_path"]]
+        for image_path, mask in zip(series["image_path"], segmenter.predict_series_masks(images)):
+            _write_png(predicted_mask_path(out_dir, image_path), mask)
+            areas.append({"image_path": image_path, "patient_id": series["patient_id"].iloc[0],
+                          "area_px": int(mask.sum())})
     return areas
 
 
