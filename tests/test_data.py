@@ -56,6 +56,20 @@ def test_segmentation_items_nodule_slices_and_negatives(bench):
     assert segmentation_items(bench, patients[:1], negatives=0.5)["patient_id"].nunique() == 1
 
 
+def test_segmentation_items_leave_out_box_masks(bench, tmp_path):
+    frame = pd.read_csv(bench / "manifest.csv", dtype=str, keep_default_na=False)
+    boxed = sorted(frame.loc[frame["mask_source"] == "gt", "patient_id"].unique())[0]
+    frame.loc[frame["patient_id"] == boxed, "mask_source"] = "box"
+    copy = tmp_path / "bench"
+    copy.mkdir()
+    frame.to_csv(copy / "manifest.csv", index=False)
+    items = segmentation_items(copy, _patients(bench), negatives=0.5)
+    assert boxed not in set(items["patient_id"]) and len(items) > 0
+    # nor a ground-truth mask for the classifier (a rectangle from an all-malignant cohort is a shortcut)
+    gt_items = classification_items(copy, _patients(bench), mask_source="gt")
+    assert boxed not in set(gt_items["patient_id"]) and len(gt_items) > 0
+
+
 def test_segmentation_dataset_tensors_and_resize(bench):
     items = segmentation_items(bench, _patients(bench), negatives=0.0)
     dataset = SegmentationDataset(items, bench, image_size=32)

@@ -38,6 +38,21 @@ def test_no_patient_in_two_splits_and_segmentation_follows_classification(tmp_pa
     assert sum(len(seg[p]) for p in seg) == 25
 
 
+def test_box_annotated_patients_are_classification_only(tmp_path):
+    bench = fake_bench(tmp_path)
+    rows = read_manifest(bench)
+    boxed = {r["patient_id"] for r in rows if r["mask_source"] == "gt" and int(r["patient_id"][-3:]) % 4 == 0}
+    for row in rows:
+        if row["patient_id"] in boxed:
+            row["mask_source"] = "box"  # a filled rectangle: where the tumour is, not its outline
+    write_manifest(bench, rows)
+    splits = make_splits(bench)
+    seg = [p for part in ("train", "val", "test") for p in splits["segmentation"][part]]
+    cls = [p for part in ("train", "val", "test") for p in splits["classification"][part]]
+    assert boxed and boxed <= set(cls) and not boxed & set(seg)
+    assert len(seg) == 25 - len(boxed)
+
+
 def test_stratification_is_kept(tmp_path):
     splits = make_splits(fake_bench(tmp_path), seed=42)
     labels = {f"d/P{i:03d}": int(i >= 30) for i in range(50)}

@@ -17,8 +17,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from .errors import LungcadError
-
-DEFAULT_MASK_SOURCES = ("gt", "box")
+from .ingest.manifest import MASKED_SOURCES as DEFAULT_MASK_SOURCES
 
 
 def patient_max_diameter_mm(manifest: pd.DataFrame, mask_sources=DEFAULT_MASK_SOURCES) -> pd.Series:

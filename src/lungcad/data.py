@@ -1,8 +1,8 @@
 """Datasets over a benchmark folder (DESIGN.md section 3) for both training tasks.
 
 Segmentation
-    ``segmentation_items(bench, patients, negatives)`` picks the slices of series that have masks
-    (``mask_source`` gt or box): every slice with a nodule plus ``negatives`` nodule-free slices per
+    ``segmentation_items(bench, patients, negatives)`` picks the slices of series that have voxel
+    masks (``mask_source`` gt; boxes are no outline, see ``OUTLINE_MASK_SOURCES``): every slice with a nodule plus ``negatives`` nodule-free slices per
     nodule slice, drawn at random (fixed seed) from the same series. ``negatives=0`` keeps annotated
     slices only, as the paper's 7,061 annotated slices.
     ``SegmentationDataset`` yields ``(image (C,S,S) float in [0,1], mask (1,S,S) float {0,1})``; slices
@@ -14,7 +14,7 @@ Segmentation
 
 Classification
     ``classification_items(bench, patients, mask_source, pred_mask_dir)`` picks the slices whose mask
-    (ground truth, or predicted under ``pred_mask_dir/<dataset>/<patient>/<series>_<index>.png``)
+    (ground truth: voxel outlines only, box-annotated patients have none; or predicted under ``pred_mask_dir/<dataset>/<patient>/<series>_<index>.png``)
     is not empty, with the patient label. A patient whose predicted masks are all empty has nothing
     for the classifier to look at: it is left out, and listed in ``items.attrs["dropped_patients"]``.
     ``ClassificationDataset`` yields ``(features (7,S,S) float, label float)``; the augmentation runs on
@@ -40,13 +40,13 @@ from torch.utils.data import Dataset
 
 from .augment import apply
 from .errors import LungcadError
+from .ingest.manifest import OUTLINE_MASK_SOURCES
 
 MANIFEST_COLUMNS = (
     "image_path", "mask_path", "patient_id", "label", "dataset", "series_uid", "slice_index",
     "z_mm", "spacing_row_mm", "spacing_col_mm", "slice_thickness_mm", "mask_source",
     "nodule_area_px", "split",
 )
-MASKED_SOURCES = ("gt", "box")
 PNG_CACHE_SIZE = 1024  # decoded slices kept per process (256 x 256 uint8: 64 kB each)
 
 
@@ -132,7 +132,7 @@ def segmentation_items(
     """
     manifest = read_manifest(bench)
     wanted = set(patients)
-    rows = manifest[manifest["patient_id"].isin(wanted) & manifest["mask_source"].isin(MASKED_SOURCES)]
+    rows = manifest[manifest["patient_id"].isin(wanted) & manifest["mask_source"].isin(OUTLINE_MASK_SOURCES)]
     positive = rows[rows["nodule_area_px"] > 0]
     picked = [positive]
     if negatives > 0:
@@ -276,7 +276,7 @@ def classification_items(
     rows = manifest[manifest["patient_id"].isin(set(patients))].copy()
     rows = rows[rows["label"].notna()]
     if mask_source == "gt":
-        rows = rows[rows["mask_source"].isin(MASKED_SOURCES) & (rows["nodule_area_px"] > 0)].copy()
+        rows = rows[rows["mask_source"].isin(OUTLINE_MASK_SOURCES) & (rows["nodule_area_px"] > 0)].copy()
         rows["mask_file"] = [str(bench / p) for p in rows["mask_path"]]
         rows["area_px"] = rows["nodule_area_px"]
         dropped: list[str] = []

@@ -43,6 +43,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import LungcadError
+from .ingest.manifest import OUTLINE_MASK_SOURCES
 from .io import write_text_atomic
 from .metrics import (
     classification_summary,
@@ -56,7 +57,6 @@ from .metrics import (
 from .stats import bootstrap_ci, delong_ci, delong_test
 
 SPLITS = ("train", "val", "test")
-MASKED_SOURCES = ("gt", "box")
 BOOTSTRAP_SEED = 42
 SEG_CI_METRICS = ("dice_nodule", "iou_nodule", "dice_all", "iou_all", "fp_rate_empty")
 CLS_CI_METRICS = ("accuracy", "f1", "sensitivity", "specificity")
@@ -147,9 +147,9 @@ def _load_stack(bench: Path, paths) -> list[np.ndarray]:
 
 
 def segmentation_rows(manifest: pd.DataFrame, splits: dict, split: str) -> pd.DataFrame:
-    """Slices with a mask of the split's segmentation patients (image paths for ``unit=slice``)."""
+    """Slices with a voxel mask of the split's segmentation patients (image paths for ``unit=slice``)."""
     items = set(splits["segmentation"][split])
-    masked = manifest[manifest["mask_source"].isin(MASKED_SOURCES) & (manifest["mask_path"] != "")]
+    masked = manifest[manifest["mask_source"].isin(OUTLINE_MASK_SOURCES) & (manifest["mask_path"] != "")]
     key = "image_path" if splits.get("unit") == "slice" else "patient_id"
     return masked[masked[key].isin(items)]
 

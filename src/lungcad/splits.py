@@ -2,7 +2,8 @@
 
 Classification: all labelled patients, 80/20 (train+val / test) then 80/20 (train / val),
 stratified by label (seed 42 by default). Segmentation: the *same* partition restricted to the
-patients that have masks, so that no test patient of one task is a training patient of the other.
+patients that have voxel masks (``mask_source='gt'``; box-annotated patients are classification
+only), so that no test patient of one task is a training patient of the other.
 ``unit='slice'`` reproduces the paper's slice-level segmentation split instead (slices of one
 patient end up on both sides: flagged ``"leaky": true``; the lists then hold image paths).
 
@@ -20,7 +21,7 @@ from sklearn.model_selection import train_test_split
 
 from lungcad.errors import LungcadError
 from lungcad.ingest.harmonize import write_text_atomic
-from lungcad.ingest.manifest import read_manifest, write_manifest
+from lungcad.ingest.manifest import OUTLINE_MASK_SOURCES, read_manifest, write_manifest
 
 SPLITS_NAME = "splits.json"
 PARTS = ("train", "val", "test")
@@ -66,7 +67,7 @@ def make_splits(bench: str | Path, seed: int = 42, unit: str = "patient") -> dic
     for row in rows:
         if row["label"] in ("0", "1"):
             labels[row["patient_id"]] = int(row["label"])
-        if row["mask_source"] in ("gt", "box") and row["mask_path"]:
+        if row["mask_source"] in OUTLINE_MASK_SOURCES and row["mask_path"]:
             with_masks.add(row["patient_id"])
     if not labels:
         raise LungcadError(f"{bench / 'manifest.csv'}: no labelled patient to split")

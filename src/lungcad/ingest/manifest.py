@@ -20,6 +20,16 @@ CONTRACT_COLUMNS = ("image_path", "mask_path", "patient_id", "label", "dataset",
 EXTRA_COLUMNS = ("nodule_label",)
 COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS
 
+#: Slices whose mask gives the nodule's size: the diameter baseline.
+MASKED_SOURCES = ("gt", "box")
+#: Slices whose mask outlines the nodule: the only ground-truth masks for segmentation (training,
+#: Dice) and for classification (phase 1, evaluation on reference masks). A filled bounding box
+#: (Lung-PET-CT-Dx) says where a tumour is, not its outline: a segmenter trained on it learns
+#: rectangles, a Dice against it measures the rectangle, and a classifier shown rectangles from one
+#: all-malignant cohort learns "rectangle = cancer", a cue no predicted mask carries. The paper's
+#: segmentation set is voxel masks only (LUNA16 and MSD, section 3.2.3).
+OUTLINE_MASK_SOURCES = ("gt",)
+
 
 def format_float(value: float, decimals: int = 4) -> str:
     """A float as a short, stable string: rounded to ``decimals``, no exponent, no trailing zeros."""
