@@ -107,6 +107,8 @@ def test_segmentation_run_all_foreground(bench, tmp_path):
     low, high = test["ci"]["dice_nodule"]
     assert low <= test["dice_nodule"] <= high
     assert set(test["per_dataset"]) == {"dsa", "dsb"}
+    assert sum(v["n_slices"] for v in test["by_size"].values()) == 6
+    assert "| **test** |" in (run / "metrics.md").read_text().split("Cross-section")[1]
     assert m["results"]["val"]["n_patients"] == 1 and "train" in m["results"]
     assert m["test_dice_all"] == pytest.approx(test["dice_all"])
 
@@ -121,6 +123,9 @@ def test_segmentation_run_predicting_nothing(bench, tmp_path):
     test = m["results"]["test"]
     assert test["dice_nodule"] == 0.0 and test["fp_rate_empty"] == 0.0
     assert test["dice_all"] == pytest.approx(0.5)
+    # every nodule slice is in a size class, each fully missed
+    assert sum(v["n_slices"] for v in test["by_size"].values()) == test["n_nodule_slices"]
+    assert all(v["missed"] == 1.0 and v["dice_nodule"] == 0.0 for v in test["by_size"].values())
     assert list(m["results"]) == ["test"]
 
 

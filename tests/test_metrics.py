@@ -76,6 +76,25 @@ def test_segmentation_summary_by_hand():
     assert s["per_dataset"]["d1"]["dice_nodule"] == pytest.approx(0.375)
 
 
+def test_dice_by_cross_section_size():
+    df = _slices(
+        [
+            ("A", "s1", "d", 3, 4, 4),  # 4 px x 1 mm2: diameter 2.26 mm -> "0-5 mm", dice .75
+            ("A", "s1", "d", 0, 0, 4),  # same class, missed: dice 0
+            ("A", "s1", "d", 40, 50, 50),  # 50 mm2: 7.98 mm -> "5-10 mm", dice .8
+            ("A", "s1", "d", 0, 3, 0),  # empty slice: in no class
+        ]
+    )
+    assert "by_size" not in segmentation_summary(df)  # needs the pixel area
+    df["pixel_area_mm2"] = 1.0
+    by_size = segmentation_summary(df)["by_size"]
+    assert list(by_size) == ["0-5 mm", "5-10 mm"]
+    assert by_size["0-5 mm"] == {"n_slices": 2, "dice_nodule": pytest.approx(0.375), "missed": 0.5}
+    assert by_size["5-10 mm"]["dice_nodule"] == pytest.approx(0.8)
+    df["pixel_area_mm2"] = 8.0  # the same pixels, 8x the area: 4 px -> 6.4 mm, 50 px -> 22.6 mm
+    assert list(segmentation_summary(df)["by_size"]) == ["5-10 mm", ">= 20 mm"]
+
+
 def test_3d_dice_stacks_per_series_then_averages():
     df = _slices(
         [

@@ -171,9 +171,11 @@ def predict_overlaps(segmenter, bench: Path, rows: pd.DataFrame, progress: bool 
             records.append({
                 "patient_id": row["patient_id"], "dataset": row["dataset"], "series_uid": row["series_uid"],
                 "slice_index": int(row["slice_index"]), "image_path": row["image_path"],
+                "pixel_area_mm2": float(row["spacing_row_mm"]) * float(row["spacing_col_mm"]),
                 **{k: int(v[0]) for k, v in counts.items()},
             })
-    columns = ["patient_id", "dataset", "series_uid", "slice_index", "image_path", "intersection", "pred_px", "target_px"]
+    columns = ["patient_id", "dataset", "series_uid", "slice_index", "image_path", "pixel_area_mm2",
+               "intersection", "pred_px", "target_px"]
     return pd.DataFrame.from_records(records, columns=columns)
 
 
@@ -512,6 +514,13 @@ def metrics_markdown(metrics: dict) -> str:
             rows.append(_seg_rows(f"**{split}**", r))
             rows += [_seg_rows(f"{split} / {name}", d) for name, d in (r.get("per_dataset") or {}).items()]
         lines += _table(header, rows)
+        sized = {split: r["by_size"] for split, r in metrics["results"].items() if r.get("by_size")}
+        if sized:
+            lines += ["", "Nodule slices by the reference cross-section's equivalent diameter: Dice, and the "
+                      "share of slices with no predicted pixel (missed).", ""]
+            size_rows = [[f"**{split}**", label, str(v["n_slices"]), _fmt(v["dice_nodule"]), _fmt(v["missed"])]
+                         for split, by_size in sized.items() for label, v in by_size.items()]
+            lines += _table(["Split", "Cross-section", "Slices", "Dice", "Missed"], size_rows)
     else:
         header = ["Split / masks / dataset", "Patients", "Accuracy", "F1", "AUC", "Sensitivity", "Specificity",
                   "[[TN, FP], [FN, TP]]"]
