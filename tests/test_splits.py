@@ -53,6 +53,23 @@ def test_box_annotated_patients_are_classification_only(tmp_path):
     assert len(seg) == 25 - len(boxed)
 
 
+def test_segmentation_val_borrowed_from_train_when_no_val_patient_has_a_mask(tmp_path):
+    bench = fake_bench(tmp_path, n_benign=6, n_malignant=4)
+    cls_val = make_splits(bench)["classification"]["val"]
+    rows = read_manifest(bench)
+    for row in rows:  # masks only outside classification val
+        masked = row["patient_id"] not in cls_val
+        row["mask_source"] = "gt" if masked else "none"
+        row["mask_path"] = row["image_path"].replace("images/", "masks/") if masked else ""
+    write_manifest(bench, rows)
+    splits = make_splits(bench)
+    cls, seg = splits["classification"], splits["segmentation"]
+    assert cls["val"] == cls_val and seg["val"]  # same partition; the segmenter still gets a val set
+    assert set(seg["val"]) <= set(cls["train"]) and not set(seg["val"]) & set(seg["train"])
+    assert set(seg["test"]) == set(cls["test"])  # test is never borrowed from
+    assert any("segmentation val" in note for note in splits["notes"])
+
+
 def test_stratification_is_kept(tmp_path):
     splits = make_splits(fake_bench(tmp_path), seed=42)
     labels = {f"d/P{i:03d}": int(i >= 30) for i in range(50)}

@@ -100,3 +100,24 @@ def test_phase1_only_resume_skips_the_finished_phase(bench, tmp_path):
     assert summary["phase1"]["epochs_run"] == 1
     info = json.loads((run / "model.json").read_text())
     assert info["phase"] == 1 and info["mask_source"] == "gt" and info["seg_run"] is None
+
+
+def test_phase1_validates_on_predicted_masks_when_no_val_patient_has_a_voxel_mask(bench, seg_run, tmp_path):
+    import shutil
+
+    from lungcad.ingest.manifest import read_manifest, write_manifest
+
+    copy = tmp_path / "bench"
+    shutil.copytree(bench, copy)
+    val = set(json.loads((copy / "splits.json").read_text())["classification"]["val"])
+    rows = read_manifest(copy)
+    for row in rows:  # the val patients become box-free, outline-free (classification-only) patients
+        if row["patient_id"] in val:
+            row["mask_source"], row["mask_path"] = "none", ""
+    write_manifest(copy, rows)
+    with pytest.raises(LungcadError, match="no val slices.*--seg-run"):
+        train_classifier(copy, ARCH, tmp_path / "no_seg", phase="1", epochs=1, overrides=CLS_TINY)
+    summary = train_classifier(copy, ARCH, tmp_path / "cls", seg_run=seg_run, phase="1", epochs=1,
+                               overrides=CLS_TINY)
+    assert summary["phase1"]["val_masks"].startswith("predicted")
+    assert summary["phase1"]["mask_source"] == "gt" and summary["phase1"]["val_patients"] >= 1

@@ -125,7 +125,10 @@ def plot_roc(curves: dict, path: str | Path, title: str | None = None) -> Path:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "single class: ROC undefined", ha="center", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)

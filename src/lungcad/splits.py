@@ -3,7 +3,9 @@
 Classification: all labelled patients, 80/20 (train+val / test) then 80/20 (train / val),
 stratified by label (seed 42 by default). Segmentation: the *same* partition restricted to the
 patients that have voxel masks (``mask_source='gt'``; box-annotated patients are classification
-only), so that no test patient of one task is a training patient of the other.
+only), so that no test patient of one task is a training patient of the other. When no
+classification-val patient has a voxel mask, segmentation val is drawn from segmentation train
+(noted in ``splits.json``).
 ``unit='slice'`` reproduces the paper's slice-level segmentation split instead (slices of one
 patient end up on both sides: flagged ``"leaky": true``; the lists then hold image paths).
 
@@ -55,6 +57,24 @@ def _partition(ids: list[str], labels: dict[str, int], seed: int, what: str, not
     return {"train": train, "val": val, "test": test}
 
 
+def _fill_segmentation_val(segmentation: dict, seed: int, notes: list[str]) -> None:
+    """Give the segmenter a validation set when no classification-val patient has a voxel mask.
+
+    Small benchmarks can draw only box- or unannotated patients into classification val. Then some
+    segmentation train patients validate the segmenter instead: they stay classification *train*
+    patients, so no test patient of one task trains the other (the rule that matters); test is
+    never borrowed from.
+    """
+    train = segmentation["train"]
+    if segmentation["val"] or len(train) < 2:
+        return
+    n_val = max(1, int(round(VAL_FRACTION * len(train))))
+    rest, val = train_test_split(train, test_size=n_val, random_state=seed, shuffle=True)
+    segmentation["train"], segmentation["val"] = sorted(rest), sorted(val)
+    notes.append(f"segmentation val: no classification-val patient has a voxel mask; {n_val} "
+                 "segmentation train patient(s) (classification train) validate the segmenter instead")
+
+
 def make_splits(bench: str | Path, seed: int = 42, unit: str = "patient") -> dict:
     """Split the benchmark ``bench``; writes ``splits.json`` and fills the manifest ``split``
     column atomically. Returns the splits dict."""
@@ -75,6 +95,7 @@ def make_splits(bench: str | Path, seed: int = 42, unit: str = "patient") -> dic
     classification = _partition(list(labels), labels, seed, "classification", notes)
     if unit == "patient":
         segmentation = {part: [p for p in classification[part] if p in with_masks] for part in PARTS}
+        _fill_segmentation_val(segmentation, seed, notes)
     else:
         slices = sorted(r["image_path"] for r in rows if r["patient_id"] in with_masks and r["mask_path"])
         slice_label = {r["image_path"]: int(r["label"]) for r in rows if r["label"] in ("0", "1")}

@@ -92,10 +92,18 @@ def _train_phase(
         # their ground-truth masks rather than stop (recorded in the phase summary).
         items["val"] = classification_items(bench, parts["val"], "gt", None, cfg.get("max_slices_per_patient"), seed)
         phase_cfg["val_masks"] = "gt (no validation slice had a predicted nodule)"
+    if phase == 1 and items["val"].empty and not items["train"].empty and seg_run is not None:
+        # Small benchmarks can draw only box-annotated or unannotated patients into val: select
+        # the epoch on their predicted masks (provenance checked by the caller) rather than stop.
+        items["val"] = classification_items(bench, parts["val"], "predicted", Path(seg_run) / MASK_DIR,
+                                            cfg.get("max_slices_per_patient"), seed)
+        phase_cfg["val_masks"] = "predicted (no validation patient has a ground-truth voxel mask)"
     for part, frame in items.items():
         if frame.empty:
+            hint = ("; pass --seg-run RUN to validate phase 1 on predicted masks"
+                    if phase == 1 and part == "val" and seg_run is None else "")
             raise LungcadError(f"{bench}: no {part} slices with {'ground-truth' if phase == 1 else 'predicted'} "
-                               f"nodule masks for classification phase {phase}")
+                               f"nodule masks for classification phase {phase}{hint}")
     size, crop = int(cfg["input_size"]), int(cfg["crop"])
     augmentation = cfg["augmentation"]
     train_set = ClassificationDataset(items["train"], bench, size, crop,
@@ -194,10 +202,10 @@ def train_classifier(
     phases = [1, 2] if phase == "both" else [int(phase)]
     splits = load_splits(bench)
     provenance = None
-    if 2 in phases:
-        if seg_run is None:
-            raise LungcadError("phase 2 trains on predicted masks: pass --seg-run RUN (a segmentation run "
-                               "trained with out-of-fold masks)")
+    if 2 in phases and seg_run is None:
+        raise LungcadError("phase 2 trains on predicted masks: pass --seg-run RUN (a segmentation run "
+                           "trained with out-of-fold masks)")
+    if seg_run is not None:  # phase 1 may validate on predicted masks too (no gt-masked val patient)
         seg_run = Path(seg_run)
         parts = splits["classification"]
         provenance = check_mask_provenance(seg_run, {"train": parts["train"], "val": parts["val"]})
