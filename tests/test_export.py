@@ -14,6 +14,7 @@ import torch
 
 from lungcad.errors import LungcadError
 from lungcad.export import build_report, export_onnx, load_schema, render_html, write_dicom_seg
+from lungcad.features import FEATURES_VERSION
 from lungcad.inference import model_json_from_onnx
 from lungcad.io import Volume
 from lungcad.models import create_classifier, create_segmenter, load_run_model, save_run_model
@@ -62,6 +63,7 @@ def test_classifier_export_has_a_dynamic_batch(tmp_path):
     torch.manual_seed(0)
     save_run_model(run, create_classifier("mobilenetv3-large"),
                    {"task": "classification", "arch": "mobilenetv3-large", "kwargs": {},
+                    "features_version": FEATURES_VERSION,
                     "in_channels": 7, "image_size": 64, "crop": 32})
     summary = export_onnx(run, tmp_path / "cls.onnx")
     assert summary["task"] == "classification"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -11,6 +12,7 @@ import torch
 
 from lungcad.errors import LungcadError
 from lungcad.export_onnx import export_onnx
+from lungcad.features import FEATURES_VERSION
 from lungcad.inference import SliceClassifier, SliceSegmenter
 from lungcad.models import create_classifier, create_segmenter, save_run_model
 
@@ -67,6 +69,7 @@ def cls_run(tmp_path_factory):
     torch.manual_seed(0)
     save_run_model(run, create_classifier("mobilenetv3-large"),
                    {"task": "classification", "arch": "mobilenetv3-large", "kwargs": {},
+                    "features_version": FEATURES_VERSION,
                     "in_channels": 7, "image_size": 64, "crop": 32, "window_hu": [-1200, 0]})
     return run
 
@@ -180,6 +183,19 @@ def test_classifier_reads_input_size_and_crop_and_agrees_across_backends(cls_run
     np.testing.assert_allclose(p, one_by_one, atol=1e-5)
     p_onnx = SliceClassifier.from_run(cls_run, backend="onnx").predict_proba(feats)
     assert np.abs(p - p_onnx).max() <= 1e-3
+
+
+def test_classifier_trained_on_other_features_is_refused(cls_run, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(cls_run, old)
+    info = json.loads((old / "model.json").read_text())
+    del info["features_version"]  # a run from before the version was recorded: version 1
+    (old / "model.json").write_text(json.dumps(info))
+    with pytest.raises(LungcadError, match="features version 1.*retrain"):
+        SliceClassifier.from_run(old)
+    assert SliceClassifier.from_run(cls_run).crop == 32
 
 
 def test_wrong_task_and_bad_options_are_clear_errors(seg_run, cls_run, tmp_path):

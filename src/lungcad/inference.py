@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import LungcadError
+from .features import FEATURES_VERSION
 
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32", "bf16")
@@ -254,6 +255,17 @@ class SliceClassifier(_RunInferer):
 
     batch_size: int = 16
     TASK = "classification"
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *args, **kwargs):
+        inferer = super().from_run(run_dir, *args, **kwargs)
+        # Runs from before model.json recorded it used version 1.
+        version = int(inferer.model_json.get("features_version", 1))
+        if version != FEATURES_VERSION:
+            raise LungcadError(f"{run_dir}: classifier trained on seven-channel features version {version}, "
+                               f"but this lungcad computes version {FEATURES_VERSION} (see lungcad.features); "
+                               "retrain it with lungcad train-cls")
+        return inferer
 
     @property
     def input_size(self) -> int:

@@ -25,6 +25,7 @@ from ..augment import build_augmentation
 from ..config import resolve, write_yaml
 from ..data import ClassificationDataset, classification_items
 from ..errors import LungcadError
+from ..features import FEATURES_VERSION
 from ..io import atomic_path
 from .engine import (
     CLS_COLUMNS, LAST_CKPT, SUMMARY, ClassificationModule, EpochSampler, FitSpec, WithIndex, base_model_json, fit,
@@ -40,7 +41,8 @@ def cls_model_json(arch: str, cfg: dict, phase: int, mask_source: str, seg_run) 
     """``model.json`` of a classification run (``image_size`` = ``input_size``, as inference reads it)."""
     return base_model_json(
         "classification", arch, cfg, 7, cfg["input_size"],
-        input_size=int(cfg["input_size"]), crop=int(cfg["crop"]), phase=phase, mask_source=mask_source,
+        input_size=int(cfg["input_size"]), crop=int(cfg["crop"]), features_version=FEATURES_VERSION,
+        phase=phase, mask_source=mask_source,
         seg_run=str(Path(seg_run).resolve()) if seg_run else None,
     )
 
