@@ -188,14 +188,16 @@ def test_classifier_reads_input_size_and_crop_and_agrees_across_backends(cls_run
 def test_classifier_trained_on_other_features_is_refused(cls_run, tmp_path):
     import shutil
 
-    old = tmp_path / "old"
-    shutil.copytree(cls_run, old)
-    info = json.loads((old / "model.json").read_text())
-    del info["features_version"]  # a run from before the version was recorded: version 1
-    (old / "model.json").write_text(json.dumps(info))
-    with pytest.raises(LungcadError, match="features version 1.*retrain"):
-        SliceClassifier.from_run(old)
-    assert SliceClassifier.from_run(cls_run).crop == 32
+    other = tmp_path / "other"
+    shutil.copytree(cls_run, other)
+    info = json.loads((other / "model.json").read_text())
+    info["features_version"] = FEATURES_VERSION + 1
+    (other / "model.json").write_text(json.dumps(info))
+    with pytest.raises(LungcadError, match=f"features version {FEATURES_VERSION + 1}.*retrain"):
+        SliceClassifier.from_run(other)
+    del info["features_version"]  # runs from before the field existed computed version 1
+    (other / "model.json").write_text(json.dumps(info))
+    assert SliceClassifier.from_run(other).crop == 32
 
 
 def test_wrong_task_and_bad_options_are_clear_errors(seg_run, cls_run, tmp_path):

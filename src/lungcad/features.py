@@ -28,11 +28,9 @@ Channels (float32, all in [0, 1]):
 2. ``context_crop``: the image in the context window, resized.
 3. ``distance_transform``: Euclidean distance from each mask pixel to the nearest background
    pixel (pixels outside the image count as background: the mask ends at the image edge), read in
-   the context window, divided by ``crop / 2`` (the radius of a disc that fills the zoom window)
-   and clipped at 1; zero outside the mask. A fixed divisor, not the window's maximum: the peak
-   then grows with the nodule's radius, so this channel keeps the absolute size that the context
-   window (which widens for large nodules) and the zoom channels do not show at low input sizes.
-   Size is the strongest single malignancy cue (Lung-RADS is built on it).
+   the context window, divided by its maximum in that window; zero outside the mask. (A fixed
+   divisor that keeps the absolute size, ``crop / 2``, was tried: no gain for any model measured,
+   see the README.)
 4. ``edge_map``: Sobel gradient magnitude of the context-window image (computed at native
    resolution, before resizing), resized, then divided by its maximum. Image edges only: the mask
    boundary is already carried by channels 3 and 6. (Normalising after the resize makes the
@@ -66,8 +64,8 @@ CHANNELS = (
     "zoomed_shape",
 )
 # Recorded in a classifier's model.json; a model trained on other features is refused at load.
-# 1: distance transform divided by its maximum; 2: divided by crop / 2 (absolute size kept).
-FEATURES_VERSION = 2
+# Bump it with any change to the channels. 1: as documented above (runs without the field are 1).
+FEATURES_VERSION = 1
 MASK_CHANNELS = (1, 3, 6)  # channels derived from the mask alone: all zero for an empty mask
 CONTEXT_FACTOR = 2.5  # context window side relative to the nodule's longest bounding-box side
 
@@ -221,7 +219,7 @@ def seven_channels(
         resize_bilinear(img, out_size),
         (resize_bilinear(maskf, out_size) >= 0.5).astype(np.float32),
         resize_bilinear(context, out_size),
-        resize_bilinear(distance, out_size) / (crop / 2.0),
+        _normalise_by_max(resize_bilinear(distance, out_size)),
         _normalise_by_max(resize_bilinear(edges, out_size)),
         resize_bilinear(extract_window(img, geom.zoom_box), out_size),
         resize_bilinear(extract_window(maskf, geom.zoom_box), out_size),
