@@ -55,6 +55,14 @@ def test_segmentation_rows_ranked_with_paper_names(tmp_path):
     assert "Classification" not in text
 
 
+def test_segmentation_ranked_on_nodule_slices_not_on_all_slices(tmp_path):
+    # An empty predictor scores high all-slice Dice (every empty slice counts 1) but 0 on nodules.
+    empty = _seg_run(tmp_path / "r_empty", "deeplabv3plus", 0.9, 0.95, 0.0)
+    real = _seg_run(tmp_path / "r_real", "lightunet", 0.8, 0.85, 0.6)
+    lines = [line for line in leaderboard([empty, real]).splitlines() if line.startswith("| ")]
+    assert lines[1].startswith("| LightUNet") and lines[2].startswith("| DeepLabV3Plus")
+
+
 def test_mixed_runs_give_two_tables_and_file(tmp_path):
     seg = _seg_run(tmp_path / "seg", "unar", 0.9, 0.8, 0.7)
     a = _cls_run(tmp_path / "cls_a", "efficientnet-b3", 0.81)
