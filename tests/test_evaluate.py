@@ -83,7 +83,7 @@ def _cls_run(path, bench, seg_run):
 
     model = _zeroed(create_classifier("mobilenetv3-large"))  # every slice: probability 0.5
     save_run_model(path, model, {"task": "classification", "arch": "mobilenetv3-large", "kwargs": {},
-                    "features_version": FEATURES_VERSION,
+                                 "features_version": FEATURES_VERSION,
                                  "in_channels": 7, "image_size": 32, "crop": 16, "seg_run": str(seg_run)})
     (path / "config.yaml").write_text(f"bench: {bench}\n")
     return path

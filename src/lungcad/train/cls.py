@@ -78,28 +78,26 @@ def _train_phase(
     phase_dir = run_dir / f"phase{phase}"
     phase_cfg = {**cfg[f"phase{phase}"]}
     mask_source = "gt" if phase == 1 else "predicted"
-    pred_dir = Path(seg_run) / MASK_DIR if phase == 2 else None
+    pred_dir = Path(seg_run) / MASK_DIR if seg_run is not None else None  # ignored for "gt" masks
     finished = finished_summary(phase_dir, int(phase_cfg["epochs"])) if resume else None
     if finished is not None:
         return finished
     seed = int(cfg["seed"])
     parts = splits["classification"]
-    items = {
-        part: classification_items(bench, parts[part], mask_source, pred_dir,
-                                   cfg.get("max_slices_per_patient"), seed)
-        for part in ("train", "val")
-    }
-    if phase == 2 and items["val"].empty and not items["train"].empty:
-        # A weak segmenter may find nothing on the few validation patients: select the epoch on
-        # their ground-truth masks rather than stop (recorded in the phase summary).
-        items["val"] = classification_items(bench, parts["val"], "gt", None, cfg.get("max_slices_per_patient"), seed)
-        phase_cfg["val_masks"] = "gt (no validation slice had a predicted nodule)"
-    if phase == 1 and items["val"].empty and not items["train"].empty and seg_run is not None:
-        # Small benchmarks can draw only box-annotated or unannotated patients into val: select
-        # the epoch on their predicted masks (provenance checked by the caller) rather than stop.
-        items["val"] = classification_items(bench, parts["val"], "predicted", Path(seg_run) / MASK_DIR,
-                                            cfg.get("max_slices_per_patient"), seed)
-        phase_cfg["val_masks"] = "predicted (no validation patient has a ground-truth voxel mask)"
+
+    def items_of(part: str, source: str):
+        return classification_items(bench, parts[part], source, pred_dir, cfg.get("max_slices_per_patient"), seed)
+
+    items = {part: items_of(part, mask_source) for part in ("train", "val")}
+    # No validation slice with this phase's masks: select the epoch on the other kind rather than
+    # stop (recorded in the phase summary). Phase 2: a weak segmenter may find nothing on the few
+    # validation patients. Phase 1: small benchmarks can draw only box-annotated or unannotated
+    # patients into val (predicted masks need --seg-run; the caller checked their provenance).
+    fallback = {1: ("predicted", "no validation patient has a ground-truth voxel mask"),
+                2: ("gt", "no validation slice had a predicted nodule")}[phase]
+    if items["val"].empty and not items["train"].empty and (fallback[0] == "gt" or pred_dir is not None):
+        items["val"] = items_of("val", fallback[0])
+        phase_cfg["val_masks"] = f"{fallback[0]} ({fallback[1]})"
     for part, frame in items.items():
         if frame.empty:
             hint = ("; pass --seg-run RUN to validate phase 1 on predicted masks"
