@@ -121,3 +121,5 @@ def test_phase1_validates_on_predicted_masks_when_no_val_patient_has_a_voxel_mas
                                overrides=CLS_TINY)
     assert summary["phase1"]["val_masks"].startswith("predicted")
     assert summary["phase1"]["mask_source"] == "gt" and summary["phase1"]["val_patients"] >= 1
+    provenance = json.loads((tmp_path / "cls" / "mask_provenance.json").read_text())
+    assert set(provenance["patients"]) >= val  # the predicted val masks are accounted for

@@ -11,7 +11,8 @@ Run folder::
                                     model.json, summary.json, figures/)
     RUN/history.csv                 both phases, with a ``phase`` column (epochs restart at 1)
     RUN/model.json, RUN/checkpoints/best.safetensors    the last phase trained (the final model)
-    RUN/mask_provenance.json        phase 2: where each patient's masks came from
+    RUN/mask_provenance.json        with --seg-run: which model predicted each patient's masks
+                                    (phase 2 trains on them; phase 1 may validate on them)
     RUN/figures/training_curves.png both phases on one running epoch axis
 """
 
@@ -218,6 +219,8 @@ def train_classifier(
                 "bench": str(bench.resolve()), "pretrained": bool(pretrained),
                 "weights": str(weights) if weights else None}, run_dir / "config.yaml")
     copy_splits(bench, run_dir)
+    if provenance is not None:
+        write_json(run_dir / "mask_provenance.json", provenance)
     summaries = {}
     for number in phases:
         if number == 1:
@@ -228,7 +231,6 @@ def train_classifier(
             if init is None:
                 raise LungcadError(f"{phase1_best}: phase 2 starts from phase 1's best weights; "
                                    "train phase 1 first (--phase 1 or both) or pass --weights")
-            write_json(run_dir / "mask_provenance.json", provenance)
         summaries[f"phase{number}"] = _train_phase(
             bench, arch, run_dir, cfg, splits, number, seg_run=seg_run, init_weights=init,
             pretrained=pretrained, resume=resume, devices=devices,
