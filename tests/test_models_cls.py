@@ -229,21 +229,3 @@ def test_hyperfusion_accepts_sizes_that_are_not_multiples_of_32():
     with torch.no_grad():
         out = model(torch.rand(1, 7, 200, 200))
     assert out.shape == (1, 1) and torch.isfinite(out).all()
-
-
-def test_hyperfusion_global_drop_silences_the_global_stream_in_training_only():
-    """A dropped sample's output ignores channel 0 while training; evaluation always uses it."""
-    torch.manual_seed(0)
-    model = NoduleHyperFusionNet(backbone="test_efficientnet", global_drop=0.999999, drop_rate=0.0)
-    x = batch(n=3, seed=7)
-    model.train()
-    with torch.no_grad():
-        torch.manual_seed(1)
-        reference = model(x)
-        torch.manual_seed(1)
-        assert torch.allclose(model(_perturbed(x, 0)), reference, atol=1e-6)
-    model.eval()
-    with torch.no_grad():
-        assert not torch.allclose(model(_perturbed(x, 0)), model(x), atol=1e-6)
-    with pytest.raises(LungcadError, match="global_drop"):
-        NoduleHyperFusionNet(backbone="test_efficientnet", global_drop=1.0)

@@ -97,15 +97,11 @@ class StreamAttentionFusion(nn.Module):
         )
         self.channels = channels
 
-    def forward(self, g: torch.Tensor, loc: torch.Tensor, keep_global: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, g: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
         squeezed = torch.cat([g.mean(dim=(2, 3), keepdim=True), loc.mean(dim=(2, 3), keepdim=True)], 1)
         logits = self.gate(squeezed).reshape(-1, 2, self.channels, 1, 1)
         weights = logits.softmax(dim=1)
-        if keep_global is None:
-            return weights[:, 0] * g + weights[:, 1] * loc
-        # stream dropout: a dropped sample's fused map is the local stream's alone
-        keep = keep_global.reshape(-1, 1, 1, 1).to(g.dtype)
-        return keep * (weights[:, 0] * g + weights[:, 1] * loc) + (1 - keep) * loc
+        return weights[:, 0] * g + weights[:, 1] * loc
 
 
 class NoduleHyperFusionNet(nn.Module):
@@ -123,13 +119,9 @@ class NoduleHyperFusionNet(nn.Module):
         fusion_width: int = 128,
         head_width: int = 256,
         drop_rate: float = 0.3,
-        global_drop: float = 0.0,
     ):
         super().__init__()
         _check_channels(in_chans, (global_channels, local_channels), "nodule-hyperfusionnet")
-        if not 0.0 <= global_drop < 1.0:
-            raise LungcadError(f"nodule-hyperfusionnet: global_drop must be in [0, 1), got {global_drop}")
-        self.global_drop = float(global_drop)
         if len(local_channels) != 3 or len(global_channels) not in (1, 3):
             raise LungcadError("nodule-hyperfusionnet: the local stream takes 3 channels, the global 1 or 3")
         self.global_channels = tuple(global_channels)
@@ -168,11 +160,8 @@ class NoduleHyperFusionNet(nn.Module):
         if len(self.global_channels) == 1:
             g = g.expand(-1, 3, -1, -1)  # the paper's "global image replicated to 3 channels"
         loc = _select(x, self.local_channels)
-        keep = None
-        if self.training and self.global_drop > 0:
-            keep = torch.rand(x.shape[0], device=x.device) >= self.global_drop
         stages = [
-            project(fuse(gs, ls, keep))
+            project(fuse(gs, ls))
             for gs, ls, fuse, project in zip(
                 self.global_stream(g), self.local_stream(loc), self.fusions, self.projections
             )
