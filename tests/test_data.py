@@ -148,6 +148,8 @@ def test_classification_items_predicted_masks(bench, tmp_path):
     # Predicted masks exist for patients without ground truth too; the all-empty patient is left out.
     assert set(items["patient_id"]) == set(patients[1:])
     assert items.attrs["dropped_patients"] == [patients[0]]
+    label = int(read_manifest(bench).query("patient_id == @patients[0]")["label"].max())
+    assert items.attrs["dropped_labels"] == {patients[0]: label}
     assert all(str(pred_dir) in f for f in items["mask_file"])
     with pytest.raises(LungcadError, match="pred_mask_dir"):
         classification_items(bench, patients, mask_source="predicted")

@@ -51,6 +51,10 @@ def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     phase1 = json.loads((run / "phase1" / "model.json").read_text())
     assert phase1["phase"] == 1 and phase1["mask_source"] == "gt"
     assert summary["phase2"]["mask_source"] == "predicted"
+    # every val patient is scored: classified, or a benign call when the segmenter found nothing
+    val = set(json.loads((bench / "splits.json").read_text())["classification"]["val"])
+    assert summary["phase2"]["val_patients"] + summary["phase2"]["val_patients_no_nodule_found"] == len(val)
+    assert summary["phase1"]["val_patients_no_nodule_found"] == 0  # reference masks: nothing to find
 
     provenance = json.loads((run / "mask_provenance.json").read_text())
     seg_provenance = json.loads((seg_run / "predicted_masks.json").read_text())
@@ -123,3 +127,18 @@ def test_phase1_validates_on_predicted_masks_when_no_val_patient_has_a_voxel_mas
     assert summary["phase1"]["mask_source"] == "gt" and summary["phase1"]["val_patients"] >= 1
     provenance = json.loads((tmp_path / "cls" / "mask_provenance.json").read_text())
     assert set(provenance["patients"]) >= val  # the predicted val masks are accounted for
+
+
+def test_patient_metrics_count_patients_without_a_found_nodule_as_benign_calls():
+    """Worked example: a (0.9, 0.7 -> 0.8, malignant), b (0.2, benign); c malignant, nothing found."""
+    import numpy as np
+
+    from lungcad.train.engine import patient_metrics
+
+    proba, labels, patients = np.array([0.9, 0.7, 0.2]), np.array([1, 1, 0]), np.array(["a", "a", "b"])
+    assert patient_metrics(proba, labels, patients) == {"val_auc": 1.0, "val_accuracy": 1.0, "val_f1": 1.0}
+    with_c = patient_metrics(proba, labels, patients, absent={"c": 1})
+    # c enters with probability 0: ranked below b (AUC 1/2), called benign (a miss)
+    assert with_c["val_auc"] == pytest.approx(0.5)
+    assert with_c["val_accuracy"] == pytest.approx(2 / 3)
+    assert with_c["val_f1"] == pytest.approx(2 / 3)

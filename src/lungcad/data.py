@@ -268,6 +268,8 @@ def classification_items(
 
     Columns: the manifest's, plus ``mask_file`` (absolute path of the mask used) and ``area_px``.
     ``max_slices_per_patient`` keeps a random subset (fixed ``seed``) of each patient's slices.
+    With predicted masks, patients on whom the segmenter found nothing are listed in
+    ``items.attrs["dropped_patients"]`` and their labels in ``items.attrs["dropped_labels"]``.
     """
     if mask_source not in ("gt", "predicted"):
         raise LungcadError(f"mask_source must be 'gt' or 'predicted', got {mask_source!r}")
@@ -280,14 +282,16 @@ def classification_items(
         rows["mask_file"] = [str(bench / p) for p in rows["mask_path"]]
         rows["area_px"] = rows["nodule_area_px"]
         dropped: list[str] = []
+        dropped_labels: dict[str, int] = {}
     else:
         if pred_mask_dir is None:
             raise LungcadError("classification on predicted masks needs pred_mask_dir (a segmentation run's predicted_masks)")
         rows["area_px"] = predicted_areas(pred_mask_dir, rows)
         rows["mask_file"] = [str(predicted_mask_path(pred_mask_dir, p)) for p in rows["image_path"]]
-        had = set(rows["patient_id"])
+        labels = rows.groupby("patient_id")["label"].max()
         rows = rows[rows["area_px"] > 0].copy()
-        dropped = sorted(had - set(rows["patient_id"]))
+        dropped = sorted(set(labels.index) - set(rows["patient_id"]))
+        dropped_labels = {p: int(labels[p]) for p in dropped}
     if max_slices_per_patient:
         rng = np.random.default_rng(seed)
         keep = []
@@ -299,6 +303,7 @@ def classification_items(
     rows["label"] = rows["label"].astype(int)
     items = rows.sort_values(["patient_id", "series_uid", "slice_index"], kind="stable").reset_index(drop=True)
     items.attrs["dropped_patients"] = dropped
+    items.attrs["dropped_labels"] = dropped_labels  # predicted masks: labels of patients with no nodule found
     return items
 
 

@@ -120,8 +120,11 @@ def _train_phase(
     seed_all(seed)
     model = create_classifier(arch, in_chans=7, pretrained=pretrained and init_weights is None,
                               weights=init_weights, **(cfg.get("model_kwargs") or {}))
+    # Validation scores patients as `evaluate` does: one on whom the segmenter found nothing is a
+    # benign call (probability 0), not left out (empty for ground-truth masks).
+    absent = items["val"].attrs.get("dropped_labels", {})
     module = ClassificationModule(model, phase_cfg, items["val"]["patient_id"].to_numpy(),
-                                  items["val"]["label"].to_numpy())
+                                  items["val"]["label"].to_numpy(), absent)
     spec = FitSpec(
         run_dir=phase_dir, cfg=cfg, model_json=cls_model_json(arch, cfg, phase, mask_source, seg_run),
         history_columns=CLS_COLUMNS, monitor="val_auc", epochs=int(phase_cfg["epochs"]),
@@ -135,6 +138,7 @@ def _train_phase(
                        "train_slices": len(items["train"]), "val_slices": len(items["val"]),
                        "train_patients": items["train"]["patient_id"].nunique(),
                        "val_patients": items["val"]["patient_id"].nunique(),
+                       "val_patients_no_nodule_found": len(absent),
                        "dropped_patients": {p: items[p].attrs.get("dropped_patients", []) for p in items}},
     )
     return fit(module, train_set, WithIndex(val_set), spec)

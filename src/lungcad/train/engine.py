@@ -253,13 +253,21 @@ class SegmentationModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": plateau, "monitor": "val_dice", "interval": "epoch"}}
 
 
-def patient_metrics(proba: np.ndarray, labels: np.ndarray, patients: np.ndarray) -> dict:
-    """AUC, accuracy and F1 (threshold 0.5) after averaging slice probabilities per patient."""
+def patient_metrics(proba: np.ndarray, labels: np.ndarray, patients: np.ndarray,
+                    absent: dict | None = None) -> dict:
+    """AUC, accuracy and F1 (threshold 0.5) after averaging slice probabilities per patient.
+
+    ``absent`` maps patients with no slice to classify (the segmenter found no nodule) to their
+    label; they count with probability 0, a benign call, as in ``lungcad evaluate``.
+    """
     from sklearn.metrics import f1_score, roc_auc_score
 
     import pandas as pd
 
     frame = pd.DataFrame({"p": proba, "y": labels, "patient": patients}).groupby("patient").mean()
+    absent = {k: v for k, v in (absent or {}).items() if k not in frame.index}
+    if absent:
+        frame = pd.concat([frame, pd.DataFrame({"p": 0.0, "y": pd.Series(absent, dtype=float)})])
     y = frame["y"].round().astype(int).to_numpy()
     p = frame["p"].to_numpy()
     pred = (p >= 0.5).astype(int)
@@ -272,13 +280,15 @@ class ClassificationModule(L.LightningModule):
     """One classification phase: focal/combo loss, AdamW, warm-up + cosine or OneCycle, mixup,
     encoder frozen for the first ``freeze_epochs`` epochs; patient-level validation metrics."""
 
-    def __init__(self, model: torch.nn.Module, phase_cfg: dict, val_patients, val_labels):
+    def __init__(self, model: torch.nn.Module, phase_cfg: dict, val_patients, val_labels,
+                 val_absent: dict | None = None):
         super().__init__()
         self.model = model
         self.cfg = phase_cfg
         self.loss = build_classification_loss(phase_cfg)
         self.val_patients = np.asarray(val_patients)
         self.val_labels = np.asarray(val_labels, dtype=np.float64)
+        self.val_absent = dict(val_absent or {})  # patient -> label, no predicted nodule: probability 0
         self._proba: list[torch.Tensor] = []
         self._index: list[torch.Tensor] = []
 
@@ -323,7 +333,7 @@ class ClassificationModule(L.LightningModule):
         # DDP may pad the last batch with repeats: keep one prediction per slice.
         index, first = np.unique(index, return_index=True)
         proba = proba[first]
-        metrics = patient_metrics(proba, self.val_labels[index], self.val_patients[index])
+        metrics = patient_metrics(proba, self.val_labels[index], self.val_patients[index], self.val_absent)
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name == "val_auc")
 
