@@ -148,3 +148,10 @@ def test_patient_aggregate_means_slices():
     bad = df.assign(label=[0, 1, 0, 0, 0])
     with pytest.raises(ValueError, match="a"):
         patient_aggregate(bad)
+    # patients that must be scored without a slice ("no nodule found") join with probability 0
+    absent = pd.DataFrame({"label": [1, 0], "dataset": ["z", "x"]}, index=["c", "b"])
+    filled = patient_aggregate(df, absent=absent)
+    assert list(filled["patient_id"]) == ["a", "b", "c"]  # b has slices: kept as aggregated
+    np.testing.assert_allclose(filled["prob"], [0.6, 0.4, 0.0])
+    assert list(filled["n_slices"]) == [2, 3, 0] and list(filled["label"]) == [1, 0, 1]
+    assert list(filled["dataset"]) == ["y", "x", "z"]

@@ -281,7 +281,6 @@ def classification_items(
         rows = rows[rows["mask_source"].isin(OUTLINE_MASK_SOURCES) & (rows["nodule_area_px"] > 0)].copy()
         rows["mask_file"] = [str(bench / p) for p in rows["mask_path"]]
         rows["area_px"] = rows["nodule_area_px"]
-        dropped: list[str] = []
         dropped_labels: dict[str, int] = {}
     else:
         if pred_mask_dir is None:
@@ -290,8 +289,7 @@ def classification_items(
         rows["mask_file"] = [str(predicted_mask_path(pred_mask_dir, p)) for p in rows["image_path"]]
         labels = rows.groupby("patient_id")["label"].max()
         rows = rows[rows["area_px"] > 0].copy()
-        dropped = sorted(set(labels.index) - set(rows["patient_id"]))
-        dropped_labels = {p: int(labels[p]) for p in dropped}
+        dropped_labels = {p: int(labels[p]) for p in sorted(set(labels.index) - set(rows["patient_id"]))}
     if max_slices_per_patient:
         rng = np.random.default_rng(seed)
         keep = []
@@ -302,8 +300,8 @@ def classification_items(
         rows = pd.concat(keep) if keep else rows.iloc[:0]
     rows["label"] = rows["label"].astype(int)
     items = rows.sort_values(["patient_id", "series_uid", "slice_index"], kind="stable").reset_index(drop=True)
-    items.attrs["dropped_patients"] = dropped
     items.attrs["dropped_labels"] = dropped_labels  # predicted masks: labels of patients with no nodule found
+    items.attrs["dropped_patients"] = sorted(dropped_labels)
     return items
 
 

@@ -394,14 +394,9 @@ def baseline_report(manifest: pd.DataFrame, train_patients, model_patients: pd.D
 
 
 def _patient_probabilities(slices: pd.DataFrame, labels: pd.DataFrame, fill_missing: bool) -> pd.DataFrame:
-    patients = patient_aggregate(slices) if len(slices) else pd.DataFrame(
-        columns=["patient_id", "label", "prob", "n_slices", "dataset"])
-    if fill_missing:
-        missing = labels.index.difference(patients["patient_id"])
-        extra = pd.DataFrame({"patient_id": missing, "label": labels.loc[missing, "label"].to_numpy(),
-                              "prob": 0.0, "n_slices": 0, "dataset": labels.loc[missing, "dataset"].to_numpy()})
-        patients = pd.concat([patients, extra], ignore_index=True).sort_values("patient_id").reset_index(drop=True)
-    return patients
+    if not len(slices):
+        slices = pd.DataFrame(columns=["patient_id", "label", "prob", "dataset"])
+    return patient_aggregate(slices, absent=labels if fill_missing else None)
 
 
 def _resolve_seg_run(info: dict, seg_run) -> Path | None:

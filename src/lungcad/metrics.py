@@ -204,13 +204,18 @@ def classification_summary(y_true, prob, threshold: float = 0.5) -> dict:
     }
 
 
-def patient_aggregate(slice_df: pd.DataFrame, how: str = "mean", prob_col: str = "prob") -> pd.DataFrame:
+def patient_aggregate(slice_df: pd.DataFrame, how: str = "mean", prob_col: str = "prob",
+                      absent: pd.DataFrame | None = None) -> pd.DataFrame:
     """Aggregate slice probabilities to one row per patient (the paper averages them).
 
     ``slice_df`` needs ``patient_id``, ``label`` and ``prob_col``; ``dataset`` is carried along when
     present. ``how`` is ``mean`` (the paper), ``median`` or ``max``. A patient whose slices disagree
     on ``label`` is an error (labels are patient-level in the benchmark). Returns columns
     ``patient_id, label, prob, n_slices`` (+ ``dataset``), sorted by ``patient_id``.
+
+    ``absent`` (indexed by patient_id, a ``label`` column, optionally ``dataset``) lists patients
+    that must be scored even without a slice: those missing from ``slice_df`` join with probability
+    0 and ``n_slices`` 0. Used for predicted masks, where "no nodule found" is a benign call.
     """
     if how not in ("mean", "median", "max"):
         raise ValueError(f"unknown aggregation {how!r}; use mean, median or max")
@@ -231,4 +236,11 @@ def patient_aggregate(slice_df: pd.DataFrame, how: str = "mean", prob_col: str =
     )
     if "dataset" in slice_df:
         out["dataset"] = grouped["dataset"].first()
-    return out.reset_index()
+    out = out.reset_index()
+    if absent is not None:
+        missing = absent.index.difference(out["patient_id"])
+        if len(missing):
+            extra = absent.loc[missing].rename_axis("patient_id").reset_index()
+            extra = extra.assign(label=extra["label"].astype(int), prob=0.0, n_slices=0)
+            out = pd.concat([out, extra], ignore_index=True).sort_values("patient_id").reset_index(drop=True)
+    return out

@@ -260,20 +260,14 @@ def patient_metrics(proba: np.ndarray, labels: np.ndarray, patients: np.ndarray,
     ``absent`` maps patients with no slice to classify (the segmenter found no nodule) to their
     label; they count with probability 0, a benign call, as in ``lungcad evaluate``.
     """
-    from sklearn.metrics import f1_score, roc_auc_score
-
     import pandas as pd
 
-    frame = pd.DataFrame({"p": proba, "y": labels, "patient": patients}).groupby("patient").mean()
-    absent = {k: v for k, v in (absent or {}).items() if k not in frame.index}
-    if absent:
-        frame = pd.concat([frame, pd.DataFrame({"p": 0.0, "y": pd.Series(absent, dtype=float)})])
-    y = frame["y"].round().astype(int).to_numpy()
-    p = frame["p"].to_numpy()
-    pred = (p >= 0.5).astype(int)
-    auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
-    return {"val_auc": auc, "val_accuracy": float((pred == y).mean()),
-            "val_f1": float(f1_score(y, pred, zero_division=0))}
+    from ..metrics import classification_summary, patient_aggregate
+
+    slices = pd.DataFrame({"patient_id": patients, "label": np.asarray(labels).round().astype(int), "prob": proba})
+    per_patient = patient_aggregate(slices, absent=pd.DataFrame({"label": pd.Series(absent or {}, dtype=int)}))
+    summary = classification_summary(per_patient["label"], per_patient["prob"])
+    return {"val_auc": summary["auc"], "val_accuracy": summary["accuracy"], "val_f1": summary["f1"]}
 
 
 class ClassificationModule(L.LightningModule):
