@@ -235,11 +235,15 @@ def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(ben
     run = _cls_run(tmp_path / "cls", bench, seg)
     manifest = pd.read_csv(bench / "manifest.csv")
     test_patients = SPLITS["test"]
+    # stored masks: a disc on slice 1 only, nothing on the other slices; its radius is what the
+    # segmenter "measured" (p7: nothing found; p8's tumour under-segmented; p9 has no reference)
+    stored_radius = {"dsa/p1": 2, "dsa/p2": 7, "dsa/p3": 4, "dsa/p4": 6,
+                     "dsb/p5": 3, "dsb/p6": 6, "dsb/p7": 0, "dsb/p8": 3, "dsc/p9": 5}
     for _, row in manifest.iterrows():
         path = seg / "predicted_masks" / Path(row["image_path"]).relative_to("images")
         path.parent.mkdir(parents=True, exist_ok=True)
-        # stored masks: a disc on slice 1 only, nothing on the other slices
-        mask = _disk(5) if row["slice_index"] == 1 else np.zeros((SIZE, SIZE), bool)
+        radius = stored_radius[row["patient_id"]]
+        mask = _disk(radius) if row["slice_index"] == 1 and radius else np.zeros((SIZE, SIZE), bool)
         Image.fromarray(mask.astype(np.uint8) * 255).save(path)
     models = {"final": {"trained_on": SPLITS["train"], "validated_on": SPLITS["val"]},
               "fold-0": {"trained_on": ["dsa/p3"], "held_out": SPLITS["train"]}}
@@ -248,8 +252,23 @@ def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(ben
     m = evaluate_run(run, split="all", progress=False, quiet=True, n_boot=20)
     pred = m["results"]["test"]["predicted_masks"]
     assert pred["mask_origin"] == "StoredMasks"
-    assert pred["n_slices"] == len(test_patients)            # one stored nodule slice per patient, not 16
+    assert pred["n_slices"] == len(test_patients) - 1        # one stored nodule slice per patient, not 16
+    assert pred["n_no_nodule_found"] == 1                     # p7
     assert pred["segmenter_saw_patients"] is False
+    # The measured-diameter baseline covers every test patient (p7 at 0 mm, p9 without a reference),
+    # the annotated one only those with a reference; measured sizes rank p4 > p9 > p8 > p7 (benign).
+    test = m["results"]["test"]
+    measured, annotated = test["baseline_measured_diameter"], test["baseline_diameter"]
+    assert measured["n_patients"] == 4 and annotated["n_patients"] == 3
+    assert measured["auc"] == pytest.approx(1.0) and measured["model"]["coef_per_mm"] > 0
+    assert test["vs_baseline_measured"]["n_patients"] == 4
+    assert test["vs_baseline_measured"]["auc_b"] == pytest.approx(1.0)
+    predictions = pd.read_csv(run / "predictions.csv")
+    rows = predictions[(predictions["split"] == "test") & (predictions["masks"] == "baseline_measured_diameter")]
+    diameters = rows.set_index("patient_id")["diameter_mm"]
+    assert diameters["dsb/p7"] == 0.0
+    assert diameters["dsa/p4"] == pytest.approx(2 * np.sqrt(_disk(6).sum() * 0.25 / np.pi))
+    assert "Diameter measured on the predicted masks: AUC 1.0000" in (run / "metrics.md").read_text()
     train = m["results"]["train"]["predicted_masks"]
     assert train["segmenter_saw_patients"] is False           # out-of-fold: the fold model never saw them
     assert m["results"]["val"]["predicted_masks"]["segmenter_saw_patients"] is True   # fold-0 trained on p3

@@ -37,6 +37,8 @@ def _cls_run(path, arch, auc):
                                     "ci": {"accuracy": [0.55, 0.9], "auc": [auc - 0.1, min(1.0, auc + 0.1)]}},
                 "baseline_diameter": {"auc": 0.66, "auc_ci": [0.4, 0.9]},
                 "vs_baseline": {"p": 0.0004},
+                "baseline_measured_diameter": {"auc": 0.61, "auc_ci": [0.4, 0.8]},
+                "vs_baseline_measured": {"p": 0.0312},
             }
         },
     }
@@ -79,7 +81,7 @@ def test_mixed_runs_give_two_tables_and_file(tmp_path):
     assert cells[2] == "0.8000"  # no CI given -> value only
     assert cells[3] == "0.9300 [0.8300, 1.0000]"
     assert cells[4] == "0.6600 [0.4000, 0.9000]"
-    assert cells[5] == "<0.001" and cells[6] == "predicted"
+    assert cells[5] == "<0.001" and cells[6] == "0.6100 (p = 0.031)" and cells[7] == "predicted"
 
 
 def test_unevaluated_run_is_named_in_error(tmp_path):

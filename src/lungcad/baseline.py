@@ -6,6 +6,11 @@ equivalent-circle diameter over their annotated slices, in millimetres:
 ``d = 2 * sqrt(area_mm2 / pi)`` with ``area_mm2 = nodule_area_px * spacing_row_mm * spacing_col_mm``
 (the manifest's columns; pixels need not be square). Patients without any annotated nodule pixel
 have no diameter and are left out of the baseline (reported as counts, never imputed).
+
+The same logistic regression on the diameter *measured on a segmenter's predicted masks*
+(:func:`patient_measured_diameter_mm`) is the deployable size baseline: it needs no annotation, so
+it compares a classifier with what the segmentation stage alone already says. There a patient on
+whom the segmenter found nothing has diameter 0 (a measurement, not a gap).
 """
 
 from __future__ import annotations
@@ -32,10 +37,24 @@ def patient_max_diameter_mm(manifest: pd.DataFrame, mask_sources=DEFAULT_MASK_SO
         raise LungcadError(f"manifest lacks columns needed by the diameter baseline: {missing}")
     rows = manifest[manifest["mask_source"].isin(mask_sources)]
     area = pd.to_numeric(rows["nodule_area_px"], errors="coerce").fillna(0.0)
-    rows = rows[area > 0]
-    area_mm2 = area[area > 0] * rows["spacing_row_mm"].astype(float) * rows["spacing_col_mm"].astype(float)
+    return _largest_diameter(rows[area > 0], area[area > 0])
+
+
+def _largest_diameter(rows: pd.DataFrame, area_px) -> pd.Series:
+    """Per patient, the largest ``2 sqrt(area_mm2 / pi)`` over ``rows`` (``area_px`` aligned with them)."""
+    area_mm2 = np.asarray(area_px, np.float64) * rows["spacing_row_mm"].astype(float) * rows["spacing_col_mm"].astype(float)
     diameter = 2.0 * np.sqrt(area_mm2 / np.pi)
     return diameter.groupby(rows["patient_id"]).max().rename("diameter_mm")
+
+
+def patient_measured_diameter_mm(rows: pd.DataFrame, predicted_area_px) -> pd.Series:
+    """Largest equivalent-circle diameter (mm) per patient on predicted masks.
+
+    ``rows``: manifest rows (every slice of the patients wanted); ``predicted_area_px``: the
+    foreground pixel count of each row's predicted mask. Every patient of ``rows`` is present, with
+    0.0 where no slice has a predicted pixel.
+    """
+    return _largest_diameter(rows, predicted_area_px)
 
 
 @dataclass
@@ -51,7 +70,7 @@ class DiameterBaseline:
         x = np.asarray(diameter_mm, dtype=np.float64).reshape(-1, 1)
         y = np.asarray(labels).astype(int)
         if x.shape[0] == 0:
-            raise LungcadError("diameter baseline: no training patient has an annotated nodule")
+            raise LungcadError("diameter baseline: no training patient has a nodule diameter")
         if np.unique(y).size < 2:
             return cls(model=None, constant=float(y.mean()))
         return cls(model=LogisticRegression().fit(x, y))
@@ -74,14 +93,18 @@ def patient_labels(manifest: pd.DataFrame) -> pd.Series:
 
 
 def diameter_baseline(
-    manifest: pd.DataFrame, train_patients, eval_patients, mask_sources=DEFAULT_MASK_SOURCES
+    manifest: pd.DataFrame, train_patients, eval_patients, mask_sources=DEFAULT_MASK_SOURCES,
+    diameters: pd.Series | None = None,
 ) -> tuple[DiameterBaseline, pd.DataFrame]:
     """Fit on ``train_patients`` and predict ``eval_patients``.
 
+    ``diameters`` (mm per patient) defaults to the annotated ones (:func:`patient_max_diameter_mm`);
+    pass :func:`patient_measured_diameter_mm` for the baseline on predicted masks.
     Returns the fitted baseline and a frame ``patient_id, label, diameter_mm, prob`` for the
     evaluation patients that have a diameter (sorted by patient_id).
     """
-    diameters = patient_max_diameter_mm(manifest, mask_sources)
+    if diameters is None:
+        diameters = patient_max_diameter_mm(manifest, mask_sources)
     labels = patient_labels(manifest)
     train = [p for p in train_patients if p in diameters.index]
     baseline = DiameterBaseline.fit(diameters.loc[train].to_numpy(), labels.loc[train].to_numpy())

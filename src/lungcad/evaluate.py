@@ -302,6 +302,14 @@ class StoredMasks:
 
         return saw_patient(self.provenance, patient)
 
+    def diameters(self, manifest: pd.DataFrame, patients) -> pd.Series:
+        """Largest predicted-mask diameter (mm) of each of ``patients`` (0 where nothing was found)."""
+        from .baseline import patient_measured_diameter_mm
+        from .data import predicted_areas
+
+        rows = manifest[manifest["patient_id"].isin(set(patients)) & manifest["label"].notna()]
+        return patient_measured_diameter_mm(rows, predicted_areas(self.dir, rows))
+
     def masks(self, group: pd.DataFrame, images: list[np.ndarray]) -> list[np.ndarray]:
         from .data import predicted_mask_path, read_png
 
@@ -371,21 +379,30 @@ def _with_per_dataset(patients: pd.DataFrame, n_boot: int) -> dict:
     return report
 
 
-def baseline_report(manifest: pd.DataFrame, train_patients, model_patients: pd.DataFrame) -> tuple[dict, dict, pd.DataFrame]:
-    """The diameter baseline on ``model_patients``' patients and the DeLong test model vs baseline."""
+ANNOTATED_DIAMETER = "largest equivalent-circle nodule diameter (mm) over annotated slices"
+MEASURED_DIAMETER = ("largest equivalent-circle nodule diameter (mm) on the segmentation run's stored "
+                     "(out-of-fold) predicted masks; 0 where it found nothing")
+
+
+def baseline_report(manifest: pd.DataFrame, train_patients, model_patients: pd.DataFrame,
+                    diameters: pd.Series | None = None) -> tuple[dict, dict, pd.DataFrame]:
+    """A diameter baseline on ``model_patients``' patients and the DeLong test model vs baseline.
+
+    ``diameters``: None for the annotated diameters, or measured ones (``StoredMasks.diameters``).
+    """
     from .baseline import DEFAULT_MASK_SOURCES, diameter_baseline
 
     try:
-        fitted, frame = diameter_baseline(manifest, train_patients, model_patients["patient_id"])
+        fitted, frame = diameter_baseline(manifest, train_patients, model_patients["patient_id"], diameters=diameters)
     except LungcadError as exc:
         return {"note": str(exc)}, {}, pd.DataFrame(columns=["patient_id", "label", "diameter_mm", "prob"])
     y, p = frame["label"].to_numpy(int), frame["prob"].to_numpy(float)
     auc, low, high = delong_ci(y, p)
-    baseline = {
-        "auc": auc, "auc_ci": [low, high], "n_patients": int(len(frame)),
-        "mask_sources": list(DEFAULT_MASK_SOURCES), "model": fitted.describe(),
-        "feature": "largest equivalent-circle nodule diameter (mm) over annotated slices",
-    }
+    baseline = {"auc": auc, "auc_ci": [low, high], "n_patients": int(len(frame)), "model": fitted.describe()}
+    if diameters is None:
+        baseline.update(mask_sources=list(DEFAULT_MASK_SOURCES), feature=ANNOTATED_DIAMETER)
+    else:
+        baseline["feature"] = MEASURED_DIAMETER
     both = model_patients.merge(frame[["patient_id", "prob"]], on="patient_id", suffixes=("_model", "_baseline"))
     test = delong_test(both["label"].to_numpy(int), both["prob_model"], both["prob_baseline"])
     versus = {**test, "n_patients": int(len(both)), "method": "DeLong test, two correlated ROC curves",
@@ -443,10 +460,20 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
     result["headline"] = usable[0] if usable else None
     if usable:
         headline = next(p for p in predictions if p["masks"].iloc[0] == usable[0])
-        baseline, versus, frame = baseline_report(manifest, splits["classification"]["train"], headline)
+        train = splits["classification"]["train"]
+        baseline, versus, frame = baseline_report(manifest, train, headline)
         result["baseline_diameter"], result["vs_baseline"] = baseline, {**versus, "masks": usable[0]}
         if len(frame):
             predictions.append(frame.assign(split=split, masks="baseline_diameter"))
+        if usable[0] == "predicted_masks" and isinstance(segmenter, StoredMasks):
+            # The deployable size baseline: the same masks as the model, so no annotation is used.
+            # Only stored masks have them for the training patients (out of fold, unseen by their model).
+            measured = segmenter.diameters(manifest, list(train) + list(patients))
+            baseline, versus, frame = baseline_report(manifest, train, headline, diameters=measured)
+            result["baseline_measured_diameter"] = baseline
+            result["vs_baseline_measured"] = {**versus, "masks": usable[0]}
+            if len(frame):
+                predictions.append(frame.assign(split=split, masks="baseline_measured_diameter"))
     return result, (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame())
 
 
@@ -533,6 +560,12 @@ def metrics_markdown(metrics: dict) -> str:
                 lines.append(f"Diameter baseline: AUC {_fmt(b.get('auc'), b.get('auc_ci'))} on {b['n_patients']} "
                              f"patients; model vs baseline (DeLong, {v.get('n_patients', 0)} patients): "
                              f"z = {_fmt(v.get('z'))}, p = {_fmt(v.get('p'))}.")
+                lines.append("")
+            b, v = r.get("baseline_measured_diameter") or {}, r.get("vs_baseline_measured") or {}
+            if b.get("n_patients"):
+                lines.append(f"Diameter measured on the predicted masks: AUC {_fmt(b.get('auc'), b.get('auc_ci'))} "
+                             f"on {b['n_patients']} patients; model vs it (DeLong): z = {_fmt(v.get('z'))}, "
+                             f"p = {_fmt(v.get('p'))}.")
                 lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
