@@ -268,7 +268,7 @@ def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(ben
     diameters = rows.set_index("patient_id")["diameter_mm"]
     assert diameters["dsb/p7"] == 0.0
     assert diameters["dsa/p4"] == pytest.approx(2 * np.sqrt(_disk(6).sum() * 0.25 / np.pi))
-    assert "Diameter measured on the predicted masks: AUC 1.0000" in (run / "metrics.md").read_text()
+    assert "Diameter measured on the predicted masks: AUC 1.0000 on 4 patients" in (run / "metrics.md").read_text()
     train = m["results"]["train"]["predicted_masks"]
     assert train["segmenter_saw_patients"] is False           # out-of-fold: the fold model never saw them
     assert m["results"]["val"]["predicted_masks"]["segmenter_saw_patients"] is True   # fold-0 trained on p3

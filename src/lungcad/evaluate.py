@@ -379,6 +379,9 @@ def _with_per_dataset(patients: pd.DataFrame, n_boot: int) -> dict:
     return report
 
 
+# metrics.json keys of each size baseline, its DeLong test against the model, and its label
+BASELINES = (("baseline_diameter", "vs_baseline", "Diameter baseline"),
+             ("baseline_measured_diameter", "vs_baseline_measured", "Diameter measured on the predicted masks"))
 ANNOTATED_DIAMETER = "largest equivalent-circle nodule diameter (mm) over annotated slices"
 MEASURED_DIAMETER = ("largest equivalent-circle nodule diameter (mm) on the segmentation run's stored "
                      "(out-of-fold) predicted masks; 0 where it found nothing")
@@ -555,18 +558,12 @@ def metrics_markdown(metrics: dict) -> str:
                 rows.append(_cls_rows(f"**{split} / {masks}**{star}", r[masks]))
                 rows += [_cls_rows(f"{split} / {masks} / {name}", d) for name, d in (r[masks].get("per_dataset") or {}).items()]
             lines += [f"## {split}", ""] + _table(header, rows) + [""]
-            b, v = r.get("baseline_diameter") or {}, r.get("vs_baseline") or {}
-            if b.get("n_patients"):
-                lines.append(f"Diameter baseline: AUC {_fmt(b.get('auc'), b.get('auc_ci'))} on {b['n_patients']} "
-                             f"patients; model vs baseline (DeLong, {v.get('n_patients', 0)} patients): "
-                             f"z = {_fmt(v.get('z'))}, p = {_fmt(v.get('p'))}.")
-                lines.append("")
-            b, v = r.get("baseline_measured_diameter") or {}, r.get("vs_baseline_measured") or {}
-            if b.get("n_patients"):
-                lines.append(f"Diameter measured on the predicted masks: AUC {_fmt(b.get('auc'), b.get('auc_ci'))} "
-                             f"on {b['n_patients']} patients; model vs it (DeLong): z = {_fmt(v.get('z'))}, "
-                             f"p = {_fmt(v.get('p'))}.")
-                lines.append("")
+            for key, versus_key, label in BASELINES:
+                b, v = r.get(key) or {}, r.get(versus_key) or {}
+                if b.get("n_patients"):
+                    lines += [f"{label}: AUC {_fmt(b.get('auc'), b.get('auc_ci'))} on {b['n_patients']} patients; "
+                              f"model vs baseline (DeLong, {v.get('n_patients', 0)} patients): "
+                              f"z = {_fmt(v.get('z'))}, p = {_fmt(v.get('p'))}.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
