@@ -152,6 +152,8 @@ def test_classification_run_with_baseline_and_compare(bench, tmp_path, capsys):
     assert test["baseline_diameter"]["n_patients"] == 3
     assert test["baseline_diameter"]["auc"] == pytest.approx(1.0)
     assert test["vs_baseline"]["n_patients"] == 3 and test["vs_baseline"]["auc_b"] == pytest.approx(1.0)
+    # masks segmented now (no stored out-of-fold masks): no measured-diameter baseline, and it says why
+    assert "stored predicted masks" in test["baseline_measured_diameter"]["note"]
     for name in ("confusion_test.png", "roc_test.png"):
         assert (run / "figures" / name).stat().st_size > 0
     predictions = pd.read_csv(run / "predictions.csv")

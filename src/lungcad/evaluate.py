@@ -477,6 +477,10 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
             result["vs_baseline_measured"] = {**versus, "masks": usable[0]}
             if len(frame):
                 predictions.append(frame.assign(split=split, masks="baseline_measured_diameter"))
+        elif usable[0] == "predicted_masks":
+            result["baseline_measured_diameter"] = {
+                "note": "needs the segmentation run's stored predicted masks (train-seg writes them, out of "
+                        "fold for its training patients); masks segmented now have none for the training patients"}
     return result, (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame())
 
 
