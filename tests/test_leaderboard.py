@@ -82,6 +82,7 @@ def test_mixed_runs_give_two_tables_and_file(tmp_path):
     assert cells[3] == "0.9300 [0.8300, 1.0000]"
     assert cells[4] == "0.6600 [0.4000, 0.9000]"
     assert cells[5] == "<0.001" and cells[6] == "0.6100 (p = 0.031)" and cells[7] == "predicted"
+    assert cells[-1] == str(b)  # the run folder as given, not only its name
 
 
 def test_unevaluated_run_is_named_in_error(tmp_path):

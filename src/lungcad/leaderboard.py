@@ -90,7 +90,7 @@ def load_run_metrics(run: str | Path) -> dict:
         metrics.setdefault("task", info.get("task"))
     if metrics.get("task") not in ("segmentation", "classification"):
         raise LungcadError(f"{metrics_path}: unknown task {metrics.get('task')!r}")
-    metrics["_run"] = run.name or str(run)
+    metrics["_run"] = str(run)  # as given: runs of one name from two benchmarks stay apart
     return metrics
 
 
