@@ -8,9 +8,9 @@ equivalent-circle diameter over their annotated slices, in millimetres:
 have no diameter and are left out of the baseline (reported as counts, never imputed).
 
 The same logistic regression on the diameter *measured on a segmenter's predicted masks*
-(:func:`patient_measured_diameter_mm`) is the deployable size baseline: it needs no annotation, so
-it compares a classifier with what the segmentation stage alone already says. There a patient on
-whom the segmenter found nothing has diameter 0 (a measurement, not a gap).
+(:func:`patient_largest_diameter_mm` over predicted areas) is the deployable size baseline: it
+needs no annotation, so it compares a classifier with what the segmentation stage alone already
+says. There a patient on whom the segmenter found nothing has diameter 0 (a measurement, not a gap).
 """
 
 from __future__ import annotations
@@ -37,24 +37,19 @@ def patient_max_diameter_mm(manifest: pd.DataFrame, mask_sources=DEFAULT_MASK_SO
         raise LungcadError(f"manifest lacks columns needed by the diameter baseline: {missing}")
     rows = manifest[manifest["mask_source"].isin(mask_sources)]
     area = pd.to_numeric(rows["nodule_area_px"], errors="coerce").fillna(0.0)
-    return _largest_diameter(rows[area > 0], area[area > 0])
+    return patient_largest_diameter_mm(rows[area > 0], area[area > 0])
 
 
-def _largest_diameter(rows: pd.DataFrame, area_px) -> pd.Series:
-    """Per patient, the largest ``2 sqrt(area_mm2 / pi)`` over ``rows`` (``area_px`` aligned with them)."""
+def patient_largest_diameter_mm(rows: pd.DataFrame, area_px) -> pd.Series:
+    """Largest equivalent-circle diameter (mm) per patient, ``2 sqrt(area_mm2 / pi)`` over ``rows``.
+
+    ``rows``: manifest rows; ``area_px``: a pixel count aligned with them (the annotated area, or
+    the foreground of each row's predicted mask). Every patient of ``rows`` is present, with 0.0
+    where no row has a pixel: on predicted masks, the segmenter found nothing.
+    """
     area_mm2 = np.asarray(area_px, np.float64) * rows["spacing_row_mm"].astype(float) * rows["spacing_col_mm"].astype(float)
     diameter = 2.0 * np.sqrt(area_mm2 / np.pi)
     return diameter.groupby(rows["patient_id"]).max().rename("diameter_mm")
-
-
-def patient_measured_diameter_mm(rows: pd.DataFrame, predicted_area_px) -> pd.Series:
-    """Largest equivalent-circle diameter (mm) per patient on predicted masks.
-
-    ``rows``: manifest rows (every slice of the patients wanted); ``predicted_area_px``: the
-    foreground pixel count of each row's predicted mask. Every patient of ``rows`` is present, with
-    0.0 where no slice has a predicted pixel.
-    """
-    return _largest_diameter(rows, predicted_area_px)
 
 
 @dataclass
@@ -99,7 +94,7 @@ def diameter_baseline(
     """Fit on ``train_patients`` and predict ``eval_patients``.
 
     ``diameters`` (mm per patient) defaults to the annotated ones (:func:`patient_max_diameter_mm`);
-    pass :func:`patient_measured_diameter_mm` for the baseline on predicted masks.
+    pass :func:`patient_largest_diameter_mm` of predicted areas for the baseline on predicted masks.
     Returns the fitted baseline and a frame ``patient_id, label, diameter_mm, prob`` for the
     evaluation patients that have a diameter (sorted by patient_id).
     """

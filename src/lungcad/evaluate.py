@@ -304,11 +304,11 @@ class StoredMasks:
 
     def diameters(self, manifest: pd.DataFrame, patients) -> pd.Series:
         """Largest predicted-mask diameter (mm) of each of ``patients`` (0 where nothing was found)."""
-        from .baseline import patient_measured_diameter_mm
+        from .baseline import patient_largest_diameter_mm
         from .data import predicted_areas
 
         rows = manifest[manifest["patient_id"].isin(set(patients)) & manifest["label"].notna()]
-        return patient_measured_diameter_mm(rows, predicted_areas(self.dir, rows))
+        return patient_largest_diameter_mm(rows, predicted_areas(self.dir, rows))
 
     def masks(self, group: pd.DataFrame, images: list[np.ndarray]) -> list[np.ndarray]:
         from .data import predicted_mask_path, read_png
