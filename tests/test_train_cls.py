@@ -142,3 +142,50 @@ def test_patient_metrics_count_patients_without_a_found_nodule_as_benign_calls()
     assert with_c["val_auc"] == pytest.approx(0.5)
     assert with_c["val_accuracy"] == pytest.approx(2 / 3)
     assert with_c["val_f1"] == pytest.approx(2 / 3)
+
+
+def _phase1_ckpt(run: Path) -> dict:
+    return torch.load(run / "phase1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def _unprefixed(state: dict) -> dict:
+    return {key.removeprefix("model."): value for key, value in state.items()}
+
+
+def test_weight_ema_is_exported_checkpointed_and_resumed(bench, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from lungcad.train import engine
+
+    options = {**CLS_TINY, "ema_decay": 0.5}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_classifier(bench, ARCH, straight, phase="1", epochs=2, overrides=options)
+
+    # Interrupt the same run after its first epoch's checkpoint (a changed epoch count would change
+    # the cosine schedule, so the stop has to happen inside a 2-epoch run).
+    save = engine.LastCheckpoint.on_train_epoch_end
+
+    def save_then_stop(self, trainer, pl_module):
+        save(self, trainer, pl_module)
+        raise RuntimeError("simulated stop")
+
+    monkeypatch.setattr(engine.LastCheckpoint, "on_train_epoch_end", save_then_stop)
+    with pytest.raises(RuntimeError, match="simulated stop"):
+        train_classifier(bench, ARCH, resumed, phase="1", epochs=2, overrides=options)
+    monkeypatch.undo()
+
+    ckpt = _phase1_ckpt(resumed)
+    average, raw = _unprefixed(ckpt["state_dict"]), _unprefixed(ckpt["current_model_state"])
+    floats = [key for key, value in average.items() if value.is_floating_point()]
+    assert any(not torch.allclose(average[key], raw[key]) for key in floats)  # averaging did something
+    best = load_file(resumed / "phase1" / "checkpoints" / "best.safetensors")
+    assert best.keys() == average.keys()
+    for key in floats:  # the exported model is the average that validation scored, not the raw weights
+        assert torch.equal(best[key], average[key]), key
+
+    train_classifier(bench, ARCH, resumed, phase="1", epochs=2, overrides=options, resume=True)
+    a, b = _phase1_ckpt(straight), _phase1_ckpt(resumed)
+    for part in ("state_dict", "current_model_state"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.allclose(a[part][key].float(), b[part][key].float(), atol=1e-6), (part, key)

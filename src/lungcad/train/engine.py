@@ -10,6 +10,9 @@
   sees several GPUs, ``num_nodes`` for torchrun/SLURM; precision from the preset; deterministic),
   writes ``history.csv`` (one row per epoch), ``checkpoints/last.ckpt`` every epoch (resume),
   the best weights as ``checkpoints/best.safetensors`` + ``model.json`` and ``summary.json``.
+- ``ema_decay`` (config): keep an exponential moving average of the weights and BatchNorm statistics
+  (Lightning's ``EMAWeightAveraging``). Validation, the best-epoch export, ``last.ckpt``'s weights and
+  the final model are then the average; the raw weights ride along in ``last.ckpt`` for ``--resume``.
 
 History epochs are 1-based (``epoch`` = number of finished epochs).
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import LungcadError
@@ -416,12 +419,27 @@ class HistoryWriter(Callback):
                 writer.writerows(self.rows)
 
 
+class WeightEMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights (and BatchNorm buffers), updated after every optimiser step."""
+
+    def averaged_module(self) -> L.LightningModule:
+        """The averaged copy of the LightningModule (what validation just scored)."""
+        if self._average_model is None:  # created by Lightning in setup("fit")
+            raise LungcadError("WeightEMA: no averaged model outside fit")
+        return self._average_model.module
+
+
 class BestExporter(Callback):
     """Exports the model as ``checkpoints/best.safetensors`` + ``model.json`` when ``monitor`` improves
-    (or every epoch with ``select_best=False``: the last epoch's weights are kept)."""
+    (or every epoch with ``select_best=False``: the last epoch's weights are kept).
+
+    With ``ema`` the exported weights are the average, the weights validation scored (Lightning swaps
+    them in for validation only; at ``on_train_epoch_end`` the module holds the raw weights again).
+    """
 
     def __init__(self, run_dir: Path, model_json: dict, monitor: str, mode: str = "max",
-                 select_best: bool = True):
+                 select_best: bool = True, ema: WeightEMA | None = None):
+        self.ema = ema
         self.run_dir = Path(run_dir)
         self.model_json = model_json
         self.monitor = monitor
@@ -450,7 +468,8 @@ class BestExporter(Callback):
             return
         self.best, self.best_epoch = value, trainer.current_epoch + 1
         if trainer.is_global_zero:
-            save_run_model(self.run_dir, pl_module.model, self.model_json)
+            source = self.ema.averaged_module() if self.ema is not None else pl_module
+            save_run_model(self.run_dir, source.model, self.model_json)
         trainer.strategy.barrier()
 
 
@@ -539,9 +558,11 @@ def fit(module: L.LightningModule, train_set: Dataset, val_set: Dataset, spec: F
     train_loader = DataLoader(train_set, batch_size=spec.batch_size, sampler=sampler, drop_last=False, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=spec.val_batch_size, shuffle=False, **loader_kw)
     history = HistoryWriter(run_dir / "history.csv", spec.history_columns)
-    best = BestExporter(run_dir, spec.model_json, spec.monitor, spec.mode, spec.select_best)
+    ema_decay = spec.cfg.get("ema_decay")
+    ema = WeightEMA(decay=float(ema_decay)) if ema_decay else None
+    best = BestExporter(run_dir, spec.model_json, spec.monitor, spec.mode, spec.select_best, ema=ema)
     callbacks: list[Callback] = [EpochSeed(seed, sampler if isinstance(sampler, EpochSampler) else None),
-                                 history, best]
+                                 history, best, *([ema] if ema is not None else [])]
     if spec.early_stopping_patience:
         callbacks.append(EarlyStopping(spec.monitor, mode=spec.mode, patience=int(spec.early_stopping_patience),
                                        check_on_train_epoch_end=True))

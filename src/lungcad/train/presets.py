@@ -7,7 +7,9 @@ overridden (``train_segmenter(..., overrides={"batch_size": 4})``; for classific
 
 Keys shared by both tasks:
   seed, deterministic, precision ("auto": bf16/16-mixed on CUDA, 32 on CPU), accelerator, devices,
-  num_nodes, strategy, num_workers (None: 0 on CPU, 4 on CUDA), log_every_n_steps.
+  num_nodes, strategy, num_workers (None: 0 on CPU, 4 on CUDA), log_every_n_steps,
+  ema_decay (None: off; else validation, the exported weights and the final model are an exponential
+  moving average of the weights with this decay per optimiser step; the paper uses none).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _COMMON = {
     "strategy": "auto",
     "num_workers": None,
     "log_every_n_steps": 10,
+    "ema_decay": None,
     "model_kwargs": {},  # architecture options passed to create_segmenter / create_classifier
 }
 
