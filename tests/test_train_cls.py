@@ -189,3 +189,15 @@ def test_weight_ema_is_exported_checkpointed_and_resumed(bench, tmp_path, monkey
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.allclose(a[part][key].float(), b[part][key].float(), atol=1e-6), (part, key)
+
+    # The last-epoch snapshot of a classification run takes the published phase's last.ckpt.
+    from lungcad.models.run_io import snapshot_last_epoch
+
+    info = snapshot_last_epoch(resumed, tmp_path / "resumed-last")
+    assert info["weights_from"] == {"run": str(resumed.resolve()), "checkpoint": "phase1/checkpoints/last.ckpt",
+                                    "epoch": 2}
+    snapshot = load_file(tmp_path / "resumed-last" / "checkpoints" / "best.safetensors")
+    average = _unprefixed(b["state_dict"])
+    assert snapshot.keys() == average.keys()
+    for key in floats:
+        assert torch.equal(snapshot[key], average[key]), key

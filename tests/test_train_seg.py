@@ -135,3 +135,30 @@ def test_output_prior_sets_the_last_one_channel_bias():
     last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 1][-1]
     assert torch.allclose(last.bias, torch.full_like(last.bias, float(np.log(0.01 / 0.99))))
     assert not set_output_prior(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)), 0.01)
+
+
+def test_last_epoch_snapshot_is_a_run_with_the_last_checkpoint_weights(bench, tmp_path, capsys):
+    from lungcad.cli import main
+
+    run, last = tmp_path / "run", tmp_path / "run-last"
+    train_segmenter(bench, "lightunet", run, epochs=2, overrides=TINY, oof_folds=0)
+    assert main(["last-epoch", str(run), "--out", str(last)]) == 0
+
+    model, info = load_run_model(last)
+    assert info["weights_from"]["epoch"] == 2 and info["weights_from"]["checkpoint"] == "checkpoints/last.ckpt"
+    assert info["arch"] == "lightunet" and info["image_size"] == 64
+    reference = create_segmenter("lightunet", in_channels=1).eval()
+    reference.load_state_dict(_ckpt_model_state(run))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-6)
+    assert (last / "splits.json").read_text() == (run / "splits.json").read_text()
+    assert not (last / "checkpoints" / "last.ckpt").exists()  # not a resumable training run
+
+    capsys.readouterr()
+    assert main(["last-epoch", str(run), "--out", str(last)]) == 2  # nothing already written is replaced
+    assert f"{last}: already exists" in capsys.readouterr().err
+    (run / "checkpoints" / "last.ckpt").unlink()
+    assert main(["last-epoch", str(run), "--out", str(tmp_path / "other")]) == 2
+    assert "last.ckpt: missing training checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -142,6 +142,14 @@ def cmd_export_onnx(a):
     print(json.dumps(info, indent=2, default=str))
 
 
+def cmd_last_epoch(a):
+    from .models.run_io import snapshot_last_epoch
+
+    info = snapshot_last_epoch(Path(a.run), Path(a.out))
+    print(f"{a.out}: {info['arch']} weights of epoch {info['weights_from']['epoch']} "
+          f"({info['weights_from']['checkpoint']}); evaluate, predict or export it like any run")
+
+
 def cmd_demo(a):
     from .demo import run_demo
 
@@ -250,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--opset", type=int, default=17)
     s.set_defaults(func=cmd_export_onnx)
+
+    s = sub.add_parser("last-epoch", help="a run folder holding a run's last-epoch weights instead of its best epoch's")
+    s.add_argument("run", type=Path)
+    s.add_argument("--out", required=True, type=Path, help="new run folder (must not exist)")
+    s.set_defaults(func=cmd_last_epoch)
 
     s = sub.add_parser("demo", help="the whole pipeline on synthetic data (about 15 minutes on 2 CPU cores)")
     s.add_argument("--out", type=Path, default=Path("demo_out"))

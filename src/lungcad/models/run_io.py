@@ -65,3 +65,60 @@ def load_run_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[torc
     state = load_file(str(weights), device=map_location)
     model.load_state_dict(state)
     return model.eval(), info
+
+
+LAST_CKPT = Path("checkpoints") / "last.ckpt"
+# Provenance that stays true for the last-epoch model (predicted_masks.json does not: those masks
+# come from the fold models and the best-epoch model).
+_LAST_EPOCH_COPIES = ("config.yaml", "splits.json", "history.csv", "mask_provenance.json")
+
+
+def last_checkpoint_path(run_dir: str | Path) -> Path:
+    """The training checkpoint of the run's published model at its last epoch.
+
+    ``RUN/checkpoints/last.ckpt`` (a segmentation run, or one phase folder of a classification run);
+    for a classification run folder, the published phase's ``RUN/phaseN/checkpoints/last.ckpt``.
+    """
+    run_dir = Path(run_dir)
+    info = read_model_json(run_dir)
+    path = run_dir / LAST_CKPT
+    if not path.is_file() and info.get("task") == "classification" and info.get("phase") is not None:
+        path = run_dir / f"phase{info['phase']}" / LAST_CKPT
+    if not path.is_file():
+        raise LungcadError(f"{path}: missing training checkpoint; the run did not finish an epoch")
+    return path
+
+
+def snapshot_last_epoch(run_dir: str | Path, out_dir: str | Path) -> dict:
+    """Make ``out_dir`` a run folder whose weights are ``run_dir``'s last epoch instead of its best.
+
+    The model is the one ``last.ckpt`` holds (the weight average when the run used ``ema_decay``);
+    ``model.json`` records where it came from (``weights_from``). ``out_dir`` must not exist:
+    nothing already written is replaced. Returns the new ``model.json``.
+    """
+    import shutil
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists():
+        raise LungcadError(f"{out_dir}: already exists; choose a new folder for the last-epoch model")
+    info = read_model_json(run_dir)
+    path = last_checkpoint_path(run_dir)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same clear message
+        raise LungcadError(f"{path}: not a readable lungcad training checkpoint ({exc})") from exc
+    model = build_from_model_json(info)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise LungcadError(f"{path}: weights do not fit {info.get('arch')} as model.json describes it ({exc})") from exc
+    new_info = {key: value for key, value in info.items() if key not in ("schema", "lungcad_version")}
+    new_info["weights_from"] = {"run": str(run_dir.resolve()), "checkpoint": str(path.relative_to(run_dir)),
+                                "epoch": int(ckpt.get("epoch", -1)) + 1}
+    out_dir.mkdir(parents=True)
+    for name in _LAST_EPOCH_COPIES:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    save_run_model(out_dir, model, new_info)
+    return read_model_json(out_dir)
