@@ -29,18 +29,23 @@ def _set_dotted(cfg: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
-def apply_overrides(cfg: dict, overrides: Mapping | None) -> dict:
+# Sections whose keys are the model's own options, not configuration keys: merged without checking.
+FREE_FORM_SECTIONS = ("model_kwargs",)
+
+
+def apply_overrides(cfg: dict, overrides: Mapping | None, check_keys: bool = True) -> dict:
     """Return a copy of ``cfg`` with ``overrides`` merged in (nested dicts merge; dotted keys allowed).
 
-    An unknown top-level key raises ``LungcadError`` (a typo must not be silently ignored).
+    An unknown key raises ``LungcadError`` (a typo must not be silently ignored), except inside
+    ``FREE_FORM_SECTIONS``.
     """
     out = copy.deepcopy(cfg)
     for key, value in (overrides or {}).items():
         top = key.split(".")[0]
-        if top not in out:
+        if check_keys and top not in out:
             raise LungcadError(f"unknown configuration key {key!r}; valid keys: {', '.join(sorted(out))}")
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = apply_overrides(out[key], value)
+            out[key] = apply_overrides(out[key], value, check_keys and key not in FREE_FORM_SECTIONS)
         else:
             _set_dotted(out, key, copy.deepcopy(value))
     return out
