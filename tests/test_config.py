@@ -17,6 +17,8 @@ def test_overrides_merge_into_sections_and_unknown_keys_are_refused():
         resolve("segmentation", "cpu", "unar", {"epoch": 3})
     with pytest.raises(LungcadError, match="unknown configuration key 'epochss'"):
         resolve("classification", "cpu", "nodulefusionnet-b0", {"phase1": {"epochss": 2}})
+    with pytest.raises(LungcadError, match="unknown configuration key 'phase1.epochss': phase1 has no 'epochss'"):
+        resolve("classification", "cpu", "nodulefusionnet-b0", {"phase1.epochss": 2})
 
 
 def test_learning_rate_is_the_architecture_default_times_the_preset_scale():

@@ -19,6 +19,17 @@ from .io import write_text_atomic
 TASKS = ("segmentation", "classification")
 
 
+def _check_dotted(cfg: dict, key: str) -> None:
+    """A dotted key must name an existing entry (``phase1.epochss`` is a typo, not a new option)."""
+    node = cfg
+    for depth, part in enumerate(key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(key.split(".")[:depth]) or "the configuration"
+            valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none (not a section)"
+            raise LungcadError(f"unknown configuration key {key!r}: {where} has no {part!r}; valid: {valid}")
+        node = node[part]
+
+
 def _set_dotted(cfg: dict, key: str, value) -> None:
     parts = key.split(".")
     node = cfg
@@ -47,6 +58,8 @@ def apply_overrides(cfg: dict, overrides: Mapping | None, check_keys: bool = Tru
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = apply_overrides(out[key], value, check_keys and key not in FREE_FORM_SECTIONS)
         else:
+            if check_keys and top not in FREE_FORM_SECTIONS:
+                _check_dotted(out, key)
             _set_dotted(out, key, copy.deepcopy(value))
     return out
 
