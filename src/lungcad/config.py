@@ -19,25 +19,22 @@ from .io import write_text_atomic
 TASKS = ("segmentation", "classification")
 
 
-def _check_dotted(cfg: dict, key: str) -> None:
-    """A dotted key must name an existing entry (``phase1.epochss`` is a typo, not a new option)."""
-    node = cfg
-    for depth, part in enumerate(key.split(".")):
-        if not isinstance(node, dict) or part not in node:
-            where = ".".join(key.split(".")[:depth]) or "the configuration"
-            valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none (not a section)"
-            raise LungcadError(f"unknown configuration key {key!r}: {where} has no {part!r}; valid: {valid}")
-        node = node[part]
-
-
-def _set_dotted(cfg: dict, key: str, value) -> None:
+def _set_dotted(cfg: dict, key: str, value, check: bool = True) -> None:
+    """Set ``a.b.c`` in ``cfg``. With ``check`` every part must exist already: ``phase1.epochss``
+    is a typo, not a new option."""
     parts = key.split(".")
     node = cfg
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts):
+        if check and part not in node:
+            where = ".".join(parts[:depth]) or "the configuration"
+            raise LungcadError(f"unknown configuration key {key!r}: {where} has no {part!r}; "
+                               f"valid: {', '.join(sorted(node))}")
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise LungcadError(f"override {key!r}: {part!r} is not a section")
-    node[parts[-1]] = value
 
 
 # Sections whose keys are the model's own options, not configuration keys: merged without checking.
@@ -58,9 +55,7 @@ def apply_overrides(cfg: dict, overrides: Mapping | None, check_keys: bool = Tru
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = apply_overrides(out[key], value, check_keys and key not in FREE_FORM_SECTIONS)
         else:
-            if check_keys and top not in FREE_FORM_SECTIONS:
-                _check_dotted(out, key)
-            _set_dotted(out, key, copy.deepcopy(value))
+            _set_dotted(out, key, copy.deepcopy(value), check_keys and top not in FREE_FORM_SECTIONS)
     return out
 
 

@@ -17,6 +17,7 @@ from ..errors import LungcadError
 from ..io import atomic_path, write_text_atomic
 
 WEIGHTS = Path("checkpoints") / "best.safetensors"
+LAST_CKPT = Path("checkpoints") / "last.ckpt"  # full training state (train/engine.py writes it)
 
 
 def save_run_model(run_dir: str | Path, model: torch.nn.Module, model_json: dict) -> Path:
@@ -67,20 +68,18 @@ def load_run_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[torc
     return model.eval(), info
 
 
-LAST_CKPT = Path("checkpoints") / "last.ckpt"
 # Provenance that stays true for the last-epoch model (predicted_masks.json does not: those masks
 # come from the fold models and the best-epoch model).
 _LAST_EPOCH_COPIES = ("config.yaml", "splits.json", "history.csv", "mask_provenance.json")
 
 
-def last_checkpoint_path(run_dir: str | Path) -> Path:
-    """The training checkpoint of the run's published model at its last epoch.
+def last_checkpoint_path(run_dir: str | Path, info: dict) -> Path:
+    """The training checkpoint of the run's published model at its last epoch (``info``: its model.json).
 
     ``RUN/checkpoints/last.ckpt`` (a segmentation run, or one phase folder of a classification run);
     for a classification run folder, the published phase's ``RUN/phaseN/checkpoints/last.ckpt``.
     """
     run_dir = Path(run_dir)
-    info = read_model_json(run_dir)
     path = run_dir / LAST_CKPT
     if not path.is_file() and info.get("task") == "classification" and info.get("phase") is not None:
         path = run_dir / f"phase{info['phase']}" / LAST_CKPT
@@ -102,7 +101,7 @@ def snapshot_last_epoch(run_dir: str | Path, out_dir: str | Path) -> dict:
     if out_dir.exists():
         raise LungcadError(f"{out_dir}: already exists; choose a new folder for the last-epoch model")
     info = read_model_json(run_dir)
-    path = last_checkpoint_path(run_dir)
+    path = last_checkpoint_path(run_dir, info)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

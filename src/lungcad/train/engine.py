@@ -35,12 +35,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import LungcadError
 from ..io import atomic_path, write_text_atomic
-from ..models import save_run_model
+from ..models.run_io import LAST_CKPT, save_run_model
 from .losses import BceDiceLoss, build_classification_loss
 
 SEG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_dice_all", "lr")
 CLS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "val_f1", "lr")
-LAST_CKPT = Path("checkpoints") / "last.ckpt"
 SUMMARY = "summary.json"
 
 
