@@ -13,7 +13,7 @@ import torch
 
 from _bench_fixture import build_bench
 from lungcad.data import (
-    ClassificationDataset, SegmentationDataset, classification_items, neighbour_indices,
+    ClassificationDataset, SegmentationDataset, classification_items, core_slices, neighbour_indices,
     predicted_mask_path, read_manifest, read_png, segmentation_items,
 )
 from lungcad.errors import LungcadError
@@ -129,6 +129,25 @@ def test_classification_items_ground_truth(bench):
     assert (labels == 1).all()
     limited = classification_items(bench, _patients(bench), mask_source="gt", max_slices_per_patient=2)
     assert (limited.groupby("patient_id").size() == 2).all()
+
+
+
+def test_core_slices_keep_each_group_s_largest_cross_sections():
+    groups = ["a", "a", "a", "b", "b"]
+    areas = [10, 40, 19, 5, 5]
+    assert core_slices(groups, areas, 0.5).tolist() == [False, True, False, True, True]
+    assert core_slices(groups, areas, 0.0).all()
+    assert core_slices(groups, areas, 0.25).tolist() == [True, True, True, True, True]
+    with pytest.raises(LungcadError, match="min_area_frac"):
+        core_slices(groups, areas, 1.5)
+
+
+def test_classification_items_core_slices(bench):
+    # The fixture's nodules: full radius on the middle slice, 0.75 of it (area 0.56) on its neighbours.
+    patients = _patients(bench)
+    middle = classification_items(bench, patients, mask_source="gt", min_area_frac=0.6)
+    assert (middle.groupby("patient_id").size() == 1).all() and (middle["slice_index"] == SLICES // 2).all()
+    assert len(classification_items(bench, patients, mask_source="gt", min_area_frac=0.5)) == 4 * 3
 
 
 def _write_predicted(bench: Path, pred_dir: Path, empty_patient: str) -> None:

@@ -284,3 +284,28 @@ def test_split_lists(bench, tmp_path):
     assert list(m["results"]) == ["val", "test"]
     with pytest.raises(LungcadError, match="unknown split"):
         evaluate_run(run, split="val,nope", progress=False, quiet=True)
+
+
+def test_predicted_mask_slices_are_cut_to_the_classifier_s_core_slices(bench):
+    """A classifier trained on core slices (model.json ``min_area_frac``) is evaluated on the same
+    selection: per patient, the slices whose predicted mask is at least that fraction of the largest."""
+    from lungcad.evaluate import predicted_mask_probabilities
+    from lungcad.inference import SliceClassifier
+
+    class TwoDiscs:  # slice 1: a disc of radius 8; slice 2: radius 3 (area 0.14 of it); others empty
+        def masks(self, group, images):
+            radius = {1: 8, 2: 3}
+            return [_disk(radius[k]) if k in radius else np.zeros((SIZE, SIZE), bool) for k in group["slice_index"]]
+
+    def classifier(frac):
+        runner = lambda x: x[:, 1].mean(axis=(1, 2)).astype(np.float32)  # noqa: E731
+        return SliceClassifier(runner, {"task": "classification", "arch": "area", "image_size": 32, "crop": 16,
+                                        "min_area_frac": frac})
+
+    manifest = pd.read_csv(bench / "manifest.csv")
+    patients = SPLITS["test"]
+    every = predicted_mask_probabilities(classifier(0.0), TwoDiscs(), bench, manifest, patients)
+    core = predicted_mask_probabilities(classifier(0.5), TwoDiscs(), bench, manifest, patients)
+    assert (every.groupby("patient_id").size() == 2).all()
+    assert (core.groupby("patient_id").size() == 1).all() and (core["slice_index"] == 1).all()
+    assert core["prob"].min() > every["prob"].min()   # the small slice scored lowest and is gone

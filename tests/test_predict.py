@@ -188,6 +188,23 @@ def test_report_probabilities_follow_the_aggregation_rules(tmp_path):
     assert patient["mean_over_slices"] == pytest.approx(np.mean(all_slices))
 
 
+def test_core_slices_rule_scores_each_nodule_on_its_largest_cross_sections():
+    # A sphere of radius 7 mm on 1 mm slices: its end slices are small cross-sections.
+    volume = sphere_volume(shape=(16, 48, 48), spacing=(1.0, 1.0, 1.0), spheres=((8, 24, 24, 7.0),))
+    classifier = area_classifier()
+    classifier.model_json["min_area_frac"] = 0.5
+    result = Predictor(oracle_segmenter(), classifier).predict(volume)
+    (nodule,) = result.nodules
+    probs = np.asarray(nodule.slice_probabilities)
+    areas = np.asarray([int((result.labels[z] == nodule.id).sum()) for z in nodule.slices])
+    core = areas >= 0.5 * areas.max()
+    assert 0 < core.sum() < len(core)   # the rule drops the end slices, keeps the middle ones
+    assert len(probs) == len(nodule.slices)   # every slice is still reported
+    assert nodule.probability == pytest.approx(probs[core].mean())
+    assert nodule.probability > probs.mean()   # small end slices look benign to this classifier
+    assert result.patient_probability["mean_over_slices"] == pytest.approx(probs[core].mean())
+
+
 def test_dicom_input_gets_a_seg_referencing_its_instances(tmp_path):
     volume = sphere_volume(shape=(10, 40, 40), spacing=(0.9, 0.9, 2.5), origin=(-18, -18, -300),
                            spheres=((5, 20, 20, 5.0),))

@@ -256,6 +256,19 @@ def predicted_areas(pred_mask_dir: str | Path, rows: pd.DataFrame) -> np.ndarray
     return out
 
 
+def core_slices(groups, area_px, min_area_frac: float) -> np.ndarray:
+    """Boolean keep-mask: slices whose mask area is at least ``min_area_frac`` of the largest in their
+    group (patient or nodule). Drops the end slices of a nodule and small blobs beside a large one;
+    0 keeps every slice."""
+    area = pd.Series(np.asarray(area_px, np.float64), index=pd.RangeIndex(len(area_px)))
+    if not min_area_frac or area.empty:
+        return np.ones(len(area), bool)
+    if not 0.0 <= float(min_area_frac) <= 1.0:
+        raise LungcadError(f"min_area_frac must lie in [0, 1], got {min_area_frac}")
+    largest = area.groupby(np.asarray(groups)).transform("max")
+    return (area >= float(min_area_frac) * largest).to_numpy()
+
+
 def classification_items(
     bench: str | Path,
     patients: Iterable[str],
@@ -263,11 +276,14 @@ def classification_items(
     pred_mask_dir: str | Path | None = None,
     max_slices_per_patient: int | None = None,
     seed: int = 42,
+    min_area_frac: float = 0.0,
 ) -> pd.DataFrame:
     """Slices of ``patients`` whose nodule mask is not empty, with the patient label.
 
     Columns: the manifest's, plus ``mask_file`` (absolute path of the mask used) and ``area_px``.
-    ``max_slices_per_patient`` keeps a random subset (fixed ``seed``) of each patient's slices.
+    ``min_area_frac`` keeps only the slices whose mask covers at least that fraction of the patient's
+    largest mask (:func:`core_slices`; 0 keeps every slice, as the paper). ``max_slices_per_patient``
+    then keeps a random subset (fixed ``seed``) of each patient's slices.
     With predicted masks, patients on whom the segmenter found nothing are listed in
     ``items.attrs["dropped_patients"]`` and their labels in ``items.attrs["dropped_labels"]``.
     """
@@ -290,6 +306,7 @@ def classification_items(
         labels = rows.groupby("patient_id")["label"].max()
         rows = rows[rows["area_px"] > 0].copy()
         dropped_labels = {p: int(labels[p]) for p in sorted(set(labels.index) - set(rows["patient_id"]))}
+    rows = rows[core_slices(rows["patient_id"], rows["area_px"], min_area_frac)]
     if max_slices_per_patient:
         rng = np.random.default_rng(seed)
         keep = []

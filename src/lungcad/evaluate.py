@@ -253,7 +253,7 @@ def gt_mask_probabilities(classifier, bench: Path, patients, progress: bool = Fa
     """Slice probabilities on the reference masks (slices whose mask is not empty)."""
     from .data import classification_items, read_png
 
-    items = classification_items(bench, patients, mask_source="gt")
+    items = classification_items(bench, patients, mask_source="gt", min_area_frac=classifier.min_area_frac)
     frames = []
     groups = _series_groups(items)
     for _, group in _progress(groups, progress, "classifying (gt masks)", len(groups)):
@@ -328,7 +328,10 @@ class StoredMasks:
 def predicted_mask_probabilities(classifier, segmenter, bench: Path, manifest: pd.DataFrame, patients,
                                  progress: bool = False) -> pd.DataFrame:
     """Slice probabilities on predicted masks (``segmenter`` is a ``LiveMasks`` or ``StoredMasks``):
-    the slices of ``patients`` with a non-empty predicted mask are classified."""
+    the slices of ``patients`` with a non-empty predicted mask are classified, and the patient's core
+    slices kept (``classifier.min_area_frac``)."""
+    from .data import core_slices
+
     rows = manifest[manifest["patient_id"].isin(set(patients)) & manifest["label"].notna()]
     frames = []
     groups = _series_groups(rows)
@@ -338,8 +341,14 @@ def predicted_mask_probabilities(classifier, segmenter, bench: Path, manifest: p
         found = [i for i, m in enumerate(masks) if m.any()]
         if found:
             probs = _classify_slices(classifier, [images[i] for i in found], [masks[i] for i in found])
-            frames.append(_slice_frame(group.iloc[found], probs))
-    return pd.concat(frames, ignore_index=True) if frames else _slice_frame(rows.iloc[:0], [])
+            frame = _slice_frame(group.iloc[found], probs)
+            frames.append(frame.assign(area_px=[int(masks[i].sum()) for i in found]))
+    if not frames:
+        return _slice_frame(rows.iloc[:0], [])
+    slices = pd.concat(frames, ignore_index=True)
+    # The same core slices as training (a patient's series are pooled, as classification_items does).
+    keep = core_slices(slices["patient_id"], slices["area_px"], classifier.min_area_frac)
+    return slices[keep].drop(columns="area_px").reset_index(drop=True)
 
 
 def _patient_labels(manifest: pd.DataFrame, patients) -> pd.DataFrame:

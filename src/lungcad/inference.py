@@ -277,6 +277,12 @@ class SliceClassifier(_RunInferer):
         """Side of the context crop of the seven-channel features (model.json ``crop``)."""
         return int(self.model_json.get("crop", 64))
 
+    @property
+    def min_area_frac(self) -> float:
+        """Slices scored for a patient or nodule: those whose mask is at least this fraction of its
+        largest (model.json ``min_area_frac``; 0, every slice with a mask, for older runs)."""
+        return float(self.model_json.get("min_area_frac") or 0.0)
+
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Malignancy probability per slice: (N, 7, S, S) float32 -> (N,) float32."""
         features = np.asarray(features, dtype=np.float32)

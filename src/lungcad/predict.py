@@ -435,7 +435,9 @@ class Predictor:
         return PredictionResult(volume, labels, nodules, patient, timings, warnings, region_info)
 
     def _classify(self, images: np.ndarray, labels: np.ndarray, nodules: list[Nodule]) -> list[float]:
-        """Per-slice malignancy of every nodule; sets each nodule's probability (slice mean)."""
+        """Per-slice malignancy of every nodule; sets each nodule's probability (the mean over its core
+        slices, see ``min_area_frac``) and returns the core slices' probabilities."""
+        from .data import core_slices
         from .features import seven_channels
 
         size, crop = self.classifier.input_size, self.classifier.crop
@@ -446,11 +448,13 @@ class Predictor:
                 owners.append(nodule.id)
         probs = self.classifier.predict_proba(np.stack(feats))
         owners = np.asarray(owners)
+        areas = np.asarray([int((labels[z] == n.id).sum()) for n in nodules for z in n.slices])
+        core = core_slices(owners, areas, self.classifier.min_area_frac)  # the slices the model scores
         for nodule in nodules:
-            mine = probs[owners == nodule.id]
-            nodule.slice_probabilities = [float(p) for p in mine]
-            nodule.probability = float(mine.mean())
-        return [float(p) for p in probs]
+            mine = owners == nodule.id
+            nodule.slice_probabilities = [float(p) for p in probs[mine]]
+            nodule.probability = float(probs[mine & core].mean())
+        return [float(p) for p in probs[core]]
 
 
 # ----------------------------------------------------------------------------- batch over inputs

@@ -43,6 +43,7 @@ def cls_model_json(arch: str, cfg: dict, phase: int, mask_source: str, seg_run) 
     return base_model_json(
         "classification", arch, cfg, 7, cfg["input_size"],
         input_size=int(cfg["input_size"]), crop=int(cfg["crop"]), features_version=FEATURES_VERSION,
+        min_area_frac=float(cfg.get("min_area_frac") or 0.0),
         phase=phase, mask_source=mask_source,
         seg_run=str(Path(seg_run).resolve()) if seg_run else None,
     )
@@ -87,7 +88,8 @@ def _train_phase(
     parts = splits["classification"]
 
     def items_of(part: str, source: str):
-        return classification_items(bench, parts[part], source, pred_dir, cfg.get("max_slices_per_patient"), seed)
+        return classification_items(bench, parts[part], source, pred_dir, cfg.get("max_slices_per_patient"), seed,
+                                    float(cfg.get("min_area_frac") or 0.0))
 
     items = {part: items_of(part, mask_source) for part in ("train", "val")}
     # No validation slice with this phase's masks: select the epoch on the other kind rather than

@@ -100,6 +100,9 @@ SEGMENTATION = {
 # Classification: two phases (Table 5). Phase 1 on ground-truth masks, phase 2 on predicted masks.
 #   input_size / crop: the seven-channel features (recorded in model.json for prediction).
 #   max_slices_per_patient: nodule slices kept per patient (None: all).
+#   min_area_frac: train, validate and evaluate on a patient's core slices only, those whose mask is
+#     at least this fraction of the patient's largest (prediction: of the nodule's largest); 0 = every
+#     slice with a mask (the paper). Recorded in model.json so evaluation and prediction agree.
 #   freeze_epochs: encoder frozen for the first N epochs of the phase.
 #   scheduler: "warmup_cosine" (LinearLR warm-up then CosineAnnealingLR) | "onecycle".
 _PHASE1_PAPER = {
@@ -143,6 +146,7 @@ CLASSIFICATION = {
         "input_size": 224,
         "crop": 64,
         "max_slices_per_patient": None,
+        "min_area_frac": 0.0,
         "augmentation": "paper",
         "weighted_sampler": True,
         "phase1": _PHASE1_PAPER,
@@ -153,6 +157,7 @@ CLASSIFICATION = {
         "input_size": 64,  # the 64 px nodule crop at its native size; 4x cheaper than 128
         "crop": 64,
         "max_slices_per_patient": 16,
+        "min_area_frac": 0.0,
         "augmentation": "light",
         "weighted_sampler": True,
         # From random weights the encoder is never frozen (train/cls.py); with --pretrained or
