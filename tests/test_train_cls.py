@@ -48,6 +48,7 @@ def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     assert info["phase"] == 2 and info["mask_source"] == "predicted"
     assert info["seg_run"] == str(seg_run.resolve())
     assert info["in_channels"] == 7 and info["image_size"] == info["input_size"] == 64 and info["crop"] == 32
+    assert info["min_area_frac"] == 0.0
     phase1 = json.loads((run / "phase1" / "model.json").read_text())
     assert phase1["phase"] == 1 and phase1["mask_source"] == "gt"
     assert summary["phase2"]["mask_source"] == "predicted"
@@ -96,14 +97,18 @@ def test_phase2_needs_complete_predicted_masks(bench, tmp_path):
 
 def test_phase1_only_resume_skips_the_finished_phase(bench, tmp_path):
     run = tmp_path / "cls"
-    train_classifier(bench, ARCH, run, phase="1", epochs=1, overrides=CLS_TINY)
+    core = {**CLS_TINY, "min_area_frac": 0.6}  # the fixture's middle nodule slice only (neighbours: 0.56)
+    first = train_classifier(bench, ARCH, run, phase="1", epochs=1, overrides=core)
+    assert first["phase1"]["train_slices"] == first["phase1"]["train_patients"]
+    assert first["phase1"]["val_slices"] == first["phase1"]["val_patients"]
     ckpt = run / "phase1" / "checkpoints" / "last.ckpt"
     before = ckpt.stat().st_mtime_ns
-    summary = train_classifier(bench, ARCH, run, phase="1", epochs=1, overrides=CLS_TINY, resume=True)
+    summary = train_classifier(bench, ARCH, run, phase="1", epochs=1, overrides=core, resume=True)
     assert ckpt.stat().st_mtime_ns == before
     assert summary["phase1"]["epochs_run"] == 1
     info = json.loads((run / "model.json").read_text())
     assert info["phase"] == 1 and info["mask_source"] == "gt" and info["seg_run"] is None
+    assert info["min_area_frac"] == 0.6   # evaluation and prediction score the same slices
 
 
 def test_phase1_validates_on_predicted_masks_when_no_val_patient_has_a_voxel_mask(bench, seg_run, tmp_path):
