@@ -25,9 +25,9 @@ def _seg_run(path, arch, val_dice, test_dice, nodule_dice):
     return path
 
 
-def _cls_run(path, arch, auc):
+def _cls_run(path, arch, auc, **model_json):
     path.mkdir()
-    (path / "model.json").write_text(json.dumps({"task": "classification", "arch": arch}))
+    (path / "model.json").write_text(json.dumps({"task": "classification", "arch": arch, **model_json}))
     metrics = {
         "task": "classification",
         "results": {
@@ -83,6 +83,15 @@ def test_mixed_runs_give_two_tables_and_file(tmp_path):
     assert cells[4] == "0.6600 [0.4000, 0.9000]"
     assert cells[5] == "<0.001" and cells[6] == "0.6100 (p = 0.031)" and cells[7] == "predicted"
     assert cells[-1] == str(b)  # the run folder as given, not only its name
+
+
+def test_model_column_tells_variants_of_one_architecture_apart(tmp_path):
+    plain = _cls_run(tmp_path / "hf", "nodule-hyperfusionnet", 0.70, kwargs={}, min_area_frac=0.0)
+    variant = _cls_run(tmp_path / "hf_v", "nodule-hyperfusionnet", 0.89,
+                       kwargs={"global_channels": [1]}, min_area_frac=0.5)
+    rows = [line for line in leaderboard([plain, variant]).splitlines() if line.startswith("| Nodule")]
+    assert rows[0].startswith("| NoduleHyperFusionNet (global_channels=[1]; core slices 0.5) | ")
+    assert rows[1].startswith("| NoduleHyperFusionNet | ")
 
 
 def test_unevaluated_run_is_named_in_error(tmp_path):

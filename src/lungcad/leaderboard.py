@@ -45,6 +45,21 @@ def display_name(arch: str) -> str:
     return DISPLAY_NAMES.get(arch, arch)
 
 
+def variant(model_json: dict) -> str:
+    """What sets a run apart from its architecture's defaults, from ``model.json``: the model options
+    (``kwargs``) and, for a classifier, core-slice scoring; "" when there is nothing."""
+    parts = [f"{key}={json.dumps(value, separators=(',', ':'))}"
+             for key, value in sorted((model_json.get("kwargs") or {}).items())]
+    if model_json.get("min_area_frac"):
+        parts.append(f"core slices {model_json['min_area_frac']:g}")
+    return "; ".join(parts)
+
+
+def _model_cell(metrics: dict) -> str:
+    name = display_name(metrics.get("arch", "?"))
+    return f"{name} ({metrics['_variant']})" if metrics.get("_variant") else name
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -88,6 +103,7 @@ def load_run_metrics(run: str | Path) -> dict:
         info = _read_json(model_json, run, "model.json")
         metrics.setdefault("arch", info.get("arch"))
         metrics.setdefault("task", info.get("task"))
+        metrics["_variant"] = variant(info)
     if metrics.get("task") not in ("segmentation", "classification"):
         raise LungcadError(f"{metrics_path}: unknown task {metrics.get('task')!r}")
     metrics["_run"] = str(run)  # as given: runs of one name from two benchmarks stay apart
@@ -121,7 +137,7 @@ def segmentation_table(runs_metrics: list[dict]) -> str:
         val, test = _split(m, "val"), _split(m, "test")
         ci = test.get("ci") or {}
         cells = [
-            display_name(m.get("arch", "?")),
+            _model_cell(m),
             _num(val.get("dice_all")),
             _num(test.get("dice_all")),
             _with_ci(test.get("dice_nodule"), ci.get("dice_nodule")),
@@ -149,7 +165,7 @@ def _classification_cells(m: dict) -> tuple[float, list[str]]:
     baseline = test.get("baseline_diameter") or {}
     versus = test.get("vs_baseline") or {}
     cells = [
-        display_name(m.get("arch", "?")),
+        _model_cell(m),
         _with_ci(result.get("accuracy"), ci.get("accuracy")),
         _with_ci(result.get("f1"), ci.get("f1")),
         _with_ci(result.get("auc"), ci.get("auc")),
@@ -179,7 +195,8 @@ def classification_table(runs_metrics: list[dict]) -> str:
     ]
     rows = [_classification_cells(m) for m in runs_metrics]
     note = (
-        "Patient level (mean of slice probabilities, threshold 0.5) on the test split. AUC CIs: DeLong; "
+        "Patient level (mean of slice probabilities, threshold 0.5; core slices: only the slices whose mask is "
+        "at least that fraction of the patient's largest) on the test split. AUC CIs: DeLong; "
         "accuracy and F1 CIs: patient bootstrap. Baseline: logistic regression on the largest nodule "
         "diameter (annotated masks); p: DeLong test of the two correlated ROC curves. Measured-diameter "
         "baseline: the same regression on the diameter measured on the segmenter's predicted masks "
