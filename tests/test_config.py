@@ -31,15 +31,28 @@ def test_learning_rate_is_the_architecture_default_times_the_preset_scale():
 
 def test_model_options_are_free_form_in_either_override_form():
     # model_kwargs holds the model's own options: no configuration-key check inside it.
-    nested = resolve("classification", "cpu", "nodule-hyperfusionnet",
-                     {"model_kwargs": {"global_channels": [1], "fusion_width": 64}})
-    dotted = resolve("classification", "cpu", "nodule-hyperfusionnet",
-                     {"model_kwargs.global_channels": [1], "model_kwargs.fusion_width": 64})
-    assert nested["model_kwargs"] == dotted["model_kwargs"] == {"global_channels": [1], "fusion_width": 64}
-    assert resolve("classification", "cpu", "nodule-hyperfusionnet")["model_kwargs"] == {}
+    nested = resolve("classification", "paper", "nodule-hyperfusionnet",
+                     {"model_kwargs": {"global_channels": [0, 1, 0], "fusion_width": 64}})
+    dotted = resolve("classification", "paper", "nodule-hyperfusionnet",
+                     {"model_kwargs.global_channels": [0, 1, 0], "model_kwargs.fusion_width": 64})
+    assert nested["model_kwargs"] == dotted["model_kwargs"] == {"global_channels": [0, 1, 0], "fusion_width": 64}
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = resolve("classification", "cpu", "nodule-hyperfusionnet")
     path = write_yaml(cfg, tmp_path / "config.yaml")
     assert read_yaml(path) == cfg
+
+
+def test_preset_model_options_per_architecture_yield_to_the_user_s():
+    cpu = resolve("classification", "cpu", "nodule-hyperfusionnet")
+    assert cpu["model_kwargs"] == {"global_channels": [1]}   # cpu preset: the global stream sees the mask
+    assert "model_kwargs_by_arch" not in cpu                   # resolved, not carried along
+    assert resolve("classification", "paper", "nodule-hyperfusionnet")["model_kwargs"] == {}
+    assert resolve("classification", "cpu", "nodulefusionnet-b0")["model_kwargs"] == {}
+    mine = resolve("classification", "cpu", "nodule-hyperfusionnet",
+                   {"model_kwargs.global_channels": [0], "model_kwargs.drop_rate": 0.1})
+    assert mine["model_kwargs"] == {"global_channels": [0], "drop_rate": 0.1}
+    # the preset's dict is not shared with (or changed through) a resolved config
+    cpu["model_kwargs"]["global_channels"].append(2)
+    assert resolve("classification", "cpu", "nodule-hyperfusionnet")["model_kwargs"] == {"global_channels": [1]}

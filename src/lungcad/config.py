@@ -76,6 +76,9 @@ def _classification_defaults(cfg: dict, arch: str, overrides: Mapping | None) ->
     # Transformer-style models are built for 224 x 224; a smaller preset size cannot feed them.
     if arch in FIXED_SIZE and "input_size" not in (overrides or {}):
         cfg["input_size"] = IMAGE_SIZE
+    # The preset's options for this architecture, under the user's own model_kwargs.
+    preset_kwargs = (cfg.pop("model_kwargs_by_arch", None) or {}).get(arch) or {}
+    cfg["model_kwargs"] = {**copy.deepcopy(preset_kwargs), **(cfg.get("model_kwargs") or {})}
     for phase in (1, 2):
         section = cfg[f"phase{phase}"]
         if section.get("lr") is None:

@@ -100,6 +100,8 @@ SEGMENTATION = {
 # Classification: two phases (Table 5). Phase 1 on ground-truth masks, phase 2 on predicted masks.
 #   input_size / crop: the seven-channel features (recorded in model.json for prediction).
 #   max_slices_per_patient: nodule slices kept per patient (None: all).
+#   model_kwargs_by_arch: architecture -> model options this preset gives it (model_kwargs set by the
+#     user win); resolved into model_kwargs.
 #   min_area_frac: train, validate and evaluate on a patient's core slices only, those whose mask is
 #     at least this fraction of the patient's largest (prediction: of the nodule's largest); 0 = every
 #     slice with a mask (the paper). Recorded in model.json so evaluation and prediction agree.
@@ -160,6 +162,9 @@ CLASSIFICATION = {
         # Core slices: NoduleHyperFusionNet on the 352-patient synth benchmark, validation AUC 0.79-0.83
         # against 0.74 on every slice (README, Results); a nodule's end slices look benign.
         "min_area_frac": 0.5,
+        # At 64 px the global image is ~5.5 mm per pixel and a nodule a pixel or two: the global stream
+        # is given the global mask (location and size) instead. The paper preset keeps the image.
+        "model_kwargs_by_arch": {"nodule-hyperfusionnet": {"global_channels": [1]}},
         "augmentation": "light",
         "weighted_sampler": True,
         # From random weights the encoder is never frozen (train/cls.py); with --pretrained or
