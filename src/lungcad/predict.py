@@ -27,9 +27,11 @@ Pipeline of ``Predictor.predict`` (the same harmonisation as ingest, so the mode
    corners with the pixel spacing), volume in mm3, slices spanned, mean probability inside it.
 7. Malignancy (when a classification run is given): the seven-channel features of every slice of
    a nodule, the mask restricted to that nodule; nodule probability = mean over its slices (the
-   paper's slice averaging). Patient probability: ``max_over_nodules`` (headline: a patient is
-   malignant when any nodule is, the label rule of the benchmark) and ``mean_over_slices`` (the
-   paper's patient aggregation, the mean over all nodule slices) are both reported.
+   paper's slice averaging), over its core slices when the classifier was trained on them
+   (``min_area_frac`` in its model.json). Patient probability: ``max_over_nodules`` (headline: a
+   patient is malignant when any nodule is, the label rule of the benchmark) and
+   ``mean_over_slices`` (the paper's patient aggregation, the mean over those nodule slices) are
+   both reported.
 """
 
 from __future__ import annotations
