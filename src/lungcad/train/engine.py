@@ -196,6 +196,7 @@ class SegmentationModule(L.LightningModule):
         self.loss = BceDiceLoss(cfg["bce_weight"], cfg["dice_weight"],
                                 dice_empty=cfg.get("dice_empty", "include"))
         self._counts: list[torch.Tensor] = []
+        self._index: list[torch.Tensor] = []
 
     def forward(self, x):
         return self.model(x)
@@ -218,24 +219,29 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        images, masks = batch
+        images, masks, index = batch  # the validation set is wrapped in WithIndex
         logits = self.model(self._layout(images))
         self.log("val_loss", self.loss(logits, masks), on_epoch=True, prog_bar=True,
                  batch_size=len(images), sync_dist=True)
         pred = (logits > 0).float().flatten(1)  # sigmoid(logit) >= 0.5
         target = masks.flatten(1)
         self._counts.append(torch.stack([(pred * target).sum(1), pred.sum(1), target.sum(1)], dim=1))
+        self._index.append(index)
 
     def on_validation_epoch_start(self):
-        self._counts = []
+        self._counts, self._index = [], []
 
     def on_validation_epoch_end(self):
         from ..metrics import dice_from_counts, iou_from_counts
 
         counts = _gather_cat(self, self._counts).double().numpy()
-        self._counts = []
+        index = _gather_cat(self, self._index).numpy().astype(int)
+        self._counts, self._index = [], []
         if len(counts) == 0:
             return
+        # DDP's sampler pads the ranks to equal length with repeats: count each slice once.
+        _, first = np.unique(index, return_index=True)
+        counts = counts[first]
         inter, pred, target = counts[:, 0], counts[:, 1], counts[:, 2]
         dice = dice_from_counts(inter, pred, target)
         iou = iou_from_counts(inter, pred, target)

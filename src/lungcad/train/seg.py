@@ -19,7 +19,8 @@ from ..config import resolve, write_yaml
 from ..data import SegmentationDataset, read_manifest, segmentation_items
 from ..errors import LungcadError
 from .engine import (
-    SEG_COLUMNS, SUMMARY, FitSpec, SegmentationModule, base_model_json, check_run_dir, fit, seed_all, write_json,
+    SEG_COLUMNS, SUMMARY, FitSpec, SegmentationModule, WithIndex, base_model_json, check_run_dir, fit, seed_all,
+    write_json,
 )
 
 def context_slices(cfg: dict) -> int:
@@ -105,7 +106,7 @@ def fit_segmenter(
         extra_summary={"train_patients": len(set(train_items["patient_id"])),
                        "val_patients": len(set(val_items["patient_id"]))},
     )
-    return fit(SegmentationModule(model, cfg), train_set, val_set, spec)
+    return fit(SegmentationModule(model, cfg), train_set, WithIndex(val_set), spec)
 
 
 def copy_splits(bench: Path, run_dir: Path) -> None:
