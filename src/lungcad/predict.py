@@ -443,14 +443,15 @@ class Predictor:
         from .features import seven_channels
 
         size, crop = self.classifier.input_size, self.classifier.crop
-        owners, feats = [], []
+        owners, feats, areas = [], [], []
         for nodule in nodules:
             for z in nodule.slices:
-                feats.append(seven_channels(images[z], labels[z] == nodule.id, out_size=size, crop=crop))
+                mask = labels[z] == nodule.id
+                feats.append(seven_channels(images[z], mask, out_size=size, crop=crop))
                 owners.append(nodule.id)
+                areas.append(int(mask.sum()))
         probs = self.classifier.predict_proba(np.stack(feats))
         owners = np.asarray(owners)
-        areas = np.asarray([int((labels[z] == n.id).sum()) for n in nodules for z in n.slices])
         core = core_slices(owners, areas, self.classifier.min_area_frac)  # the slices the model scores
         for nodule in nodules:
             mine = owners == nodule.id

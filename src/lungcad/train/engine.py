@@ -186,6 +186,17 @@ def _gather_cat(module: L.LightningModule, chunks: list[torch.Tensor]) -> torch.
     return local.detach().cpu()
 
 
+def _gather_once(module: L.LightningModule, values: list[torch.Tensor],
+                 index: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Gather per-step ``values`` and their dataset ``index`` from every process, one row per item:
+    DDP's sampler pads the ranks to equal length with repeats. Returns ``(index, values)`` sorted by
+    index (empty arrays when nothing was validated)."""
+    gathered = _gather_cat(module, values).numpy()
+    index = _gather_cat(module, index).numpy().astype(int)
+    index, first = np.unique(index, return_index=True)
+    return index, gathered[first]
+
+
 class SegmentationModule(L.LightningModule):
     """Segmentation: BCE + soft Dice loss, AdamW, ReduceLROnPlateau on the validation Dice."""
 
@@ -234,14 +245,11 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self):
         from ..metrics import dice_from_counts, iou_from_counts
 
-        counts = _gather_cat(self, self._counts).double().numpy()
-        index = _gather_cat(self, self._index).numpy().astype(int)
+        _, counts = _gather_once(self, self._counts, self._index)  # each slice once under DDP
+        counts = counts.astype(np.float64)
         self._counts, self._index = [], []
         if len(counts) == 0:
             return
-        # DDP's sampler pads the ranks to equal length with repeats: count each slice once.
-        _, first = np.unique(index, return_index=True)
-        counts = counts[first]
         inter, pred, target = counts[:, 0], counts[:, 1], counts[:, 2]
         dice = dice_from_counts(inter, pred, target)
         iou = iou_from_counts(inter, pred, target)
@@ -327,14 +335,10 @@ class ClassificationModule(L.LightningModule):
         self._index.append(index)
 
     def on_validation_epoch_end(self):
-        proba = _gather_cat(self, self._proba).numpy()
-        index = _gather_cat(self, self._index).numpy().astype(int)
+        index, proba = _gather_once(self, self._proba, self._index)  # one prediction per slice under DDP
         self._proba, self._index = [], []
         if len(index) == 0:
             return
-        # DDP may pad the last batch with repeats: keep one prediction per slice.
-        index, first = np.unique(index, return_index=True)
-        proba = proba[first]
         metrics = patient_metrics(proba, self.val_labels[index], self.val_patients[index], self.val_absent)
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name == "val_auc")
