@@ -10,10 +10,15 @@ from lungcad.errors import InputError
 from lungcad.features import (
     CHANNELS,
     MASK_CHANNELS,
-    batch_seven_channels,
+    SIZE_CHANNEL,
+    SIZE_SCALE_MM,
+    batch_classifier_input,
+    classifier_input,
+    equivalent_diameter_mm,
     nodule_geometry,
     resize_bilinear,
     seven_channels,
+    size_value,
 )
 
 GLOBAL_IMAGE, GLOBAL_MASK, CONTEXT, DISTANCE, EDGES, ZOOM_TEXTURE, ZOOM_SHAPE = range(7)
@@ -216,7 +221,7 @@ def test_batch_matches_single_calls(slice_with_disc):
     image, mask, _, _ = slice_with_disc
     other = textured_slice((200, 256), seed=9)
     other_mask = disc(other.shape, (150, 40), 6)
-    batch = batch_seven_channels([image, other], [mask, other_mask])
+    batch = batch_classifier_input([image, other], [mask, other_mask])
     assert batch.shape == (2, 7, 224, 224)
     np.testing.assert_array_equal(batch[1], seven_channels(other, other_mask))
 
@@ -240,3 +245,38 @@ def test_resize_matches_opencv_bilinear():
 def test_bad_inputs_raise(image, mask):
     with pytest.raises(InputError):
         seven_channels(image, mask)
+
+
+def test_size_plane_holds_the_measured_diameter(slice_with_disc):
+    """With a pixel spacing, channel 7 is the equivalent diameter of the largest component, encoded."""
+    image, mask, _, _ = slice_with_disc
+    mask = mask.copy()
+    mask[5:7, 5:7] = True  # a 4-pixel speck elsewhere: not the nodule the crops centre on
+    area = int(disc((256, 256), (100, 150), 12).sum())
+    out = classifier_input(image, mask, out_size=64, crop=32, spacing_yx=(0.7, 0.8))
+    assert out.shape == (8, 64, 64)
+    np.testing.assert_array_equal(out[:7], seven_channels(image, mask, out_size=64, crop=32))
+    diameter = 2 * np.sqrt(area * 0.7 * 0.8 / np.pi)  # about 18 mm
+    assert equivalent_diameter_mm(area, (0.7, 0.8)) == pytest.approx(diameter)
+    expected = np.log1p(diameter / 10) / np.log1p(SIZE_SCALE_MM / 10)
+    np.testing.assert_allclose(out[SIZE_CHANNEL], expected, rtol=1e-6)
+    # worked values of the encoding: 0 mm -> 0, 10 mm -> ln 2 / ln 11, capped at 1
+    assert size_value(0.0) == 0.0
+    assert size_value(10.0) == pytest.approx(np.log(2) / np.log(11))
+    assert size_value(250.0) == 1.0
+    # twice the spacing, twice the diameter: the plane grows
+    coarser = classifier_input(image, mask, out_size=64, crop=32, spacing_yx=(1.4, 1.6))
+    assert coarser[SIZE_CHANNEL, 0, 0] > out[SIZE_CHANNEL, 0, 0]
+    # an empty mask has size 0; a bad spacing is refused
+    empty = classifier_input(image, np.zeros_like(mask), out_size=64, crop=32, spacing_yx=(0.7, 0.8))
+    assert not empty[SIZE_CHANNEL].any()
+    with pytest.raises(InputError, match="spacing"):
+        classifier_input(image, mask, spacing_yx=(0.0, 0.8))
+
+
+def test_batch_input_with_spacings(slice_with_disc):
+    image, mask, _, _ = slice_with_disc
+    out = batch_classifier_input([image, image], [mask, mask], out_size=32, crop=16, spacings=[(1, 1), (2, 2)])
+    assert out.shape == (2, 8, 32, 32) and out[1, 7, 0, 0] > out[0, 7, 0, 0]
+    with pytest.raises(InputError, match="spacings"):
+        batch_classifier_input([image], [mask], spacings=[(1, 1), (1, 1)])

@@ -229,3 +229,32 @@ def test_hyperfusion_accepts_sizes_that_are_not_multiples_of_32():
     with torch.no_grad():
         out = model(torch.rand(1, 7, 200, 200))
     assert out.shape == (1, 1) and torch.isfinite(out).all()
+
+
+def _with_size_plane(x: torch.Tensor, values) -> torch.Tensor:
+    plane = torch.as_tensor(values, dtype=x.dtype)[:, None, None, None].expand(-1, 1, *x.shape[-2:])
+    return torch.cat([x, plane], dim=1)
+
+
+@pytest.mark.parametrize("cls", [NoduleHyperFusionNet, NoduleFusionNet])
+def test_size_channel_reaches_the_head_and_nothing_else(cls):
+    """With size_channel=7 the head reads the constant plane; the streams never see it."""
+    torch.manual_seed(0)
+    model = cls(in_chans=8, backbone="test_efficientnet", size_channel=7)
+    x = _with_size_plane(batch(n=4, seed=7), [0.1, 0.3, 0.5, 0.7])
+    model.train()
+    model(x).sum().backward()  # trains: the size normalisation sees a batch with spread
+    assert model.size.norm.weight.grad is not None and model.size.norm.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        reference = model(x)
+        bigger = x.clone()
+        bigger[:, 7] += 0.2
+        assert not torch.allclose(model(bigger), reference, atol=1e-6)
+        # the head's extra input is the plane's mean: the streams are unchanged by it
+        assert torch.equal(model.forward_features(bigger), model.forward_features(x))
+    # the streams may not read the size channel, and it must exist
+    with pytest.raises(LungcadError, match="size_channel"):
+        cls(in_chans=8, backbone="test_efficientnet", size_channel=0)
+    with pytest.raises(LungcadError, match="size_channel"):
+        cls(in_chans=7, backbone="test_efficientnet", size_channel=7)

@@ -15,6 +15,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from lungcad.errors import LungcadError
+from lungcad.features import SIZE_CHANNEL, equivalent_diameter_mm, size_value
 from lungcad.inference import SliceClassifier, SliceSegmenter
 from lungcad.io import Volume, read_volume, world_to_index, write_volume
 from lungcad.models import create_segmenter, save_run_model
@@ -42,6 +44,16 @@ def area_classifier() -> SliceClassifier:
         return (x[:, 1].mean(axis=(1, 2)) * 400.0 - 2.0).astype(np.float32)
 
     return SliceClassifier(runner, {"task": "classification", "arch": "area", "image_size": 64, "crop": 16})
+
+
+def size_classifier() -> SliceClassifier:
+    """Reads only the nodule_size plane: the slice's probability is the plane's value."""
+    def runner(x: np.ndarray) -> np.ndarray:
+        value = x[:, SIZE_CHANNEL, 0, 0].astype(np.float64)
+        return np.log(value / (1.0 - value)).astype(np.float32)
+
+    return SliceClassifier(runner, {"task": "classification", "arch": "size", "image_size": 32, "crop": 16,
+                                    "in_channels": 8, "size_input": True})
 
 
 def sphere_volume(shape=(12, 48, 40), spacing=(0.8, 0.7, 2.0), origin=(-20.0, 15.0, -100.0),
@@ -203,6 +215,19 @@ def test_core_slices_rule_scores_each_nodule_on_its_largest_cross_sections():
     assert nodule.probability == pytest.approx(probs[core].mean())
     assert nodule.probability > probs.mean()   # small end slices look benign to this classifier
     assert result.patient_probability["mean_over_slices"] == pytest.approx(probs[core].mean())
+
+
+def test_size_input_classifier_reads_each_slice_s_diameter_in_mm():
+    volume = sphere_volume(spacing=(0.8, 0.7, 2.0), spheres=((6, 24, 20, 5.0),))
+    result = Predictor(oracle_segmenter(), size_classifier()).predict(volume)
+    (nodule,) = result.nodules
+    assert len(nodule.slices) >= 3
+    for z, prob in zip(nodule.slices, nodule.slice_probabilities):
+        area = int((result.labels[z] == nodule.id).sum())
+        assert prob == pytest.approx(size_value(equivalent_diameter_mm(area, (0.7, 0.8))), rel=1e-5)
+    # without the spacing the classifier cannot be fed
+    with pytest.raises(LungcadError, match="spacing"):
+        size_classifier().features([np.zeros((8, 8), np.uint8)], [np.ones((8, 8), bool)])
 
 
 def test_dicom_input_gets_a_seg_referencing_its_instances(tmp_path):

@@ -47,7 +47,9 @@ def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     info = json.loads((run / "model.json").read_text())
     assert info["phase"] == 2 and info["mask_source"] == "predicted"
     assert info["seg_run"] == str(seg_run.resolve())
-    assert info["in_channels"] == 7 and info["image_size"] == info["input_size"] == 64 and info["crop"] == 32
+    # the cpu preset adds the nodule_size plane to the seven channels
+    assert info["in_channels"] == 8 and info["size_input"] is True
+    assert info["image_size"] == info["input_size"] == 64 and info["crop"] == 32
     assert info["min_area_frac"] == 0.5   # the cpu preset scores core slices
     phase1 = json.loads((run / "phase1" / "model.json").read_text())
     assert phase1["phase"] == 1 and phase1["mask_source"] == "gt"
@@ -68,7 +70,7 @@ def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     # The published model reloads and matches phase 2's exported weights.
     model, _ = load_run_model(run)
     phase2_model, _ = load_run_model(run / "phase2")
-    x = torch.rand(2, 7, 64, 64)
+    x = torch.rand(2, 8, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), phase2_model(x))
 

@@ -69,7 +69,7 @@ def _segmentation_defaults(cfg: dict, arch: str) -> None:
 
 
 def _classification_defaults(cfg: dict, arch: str, overrides: Mapping | None) -> None:
-    from .models.classification import CLASSIFIERS, DEFAULT_LR, FIXED_SIZE, IMAGE_SIZE
+    from .models.classification import CLASSIFIERS, DEFAULT_LR, FIXED_SIZE, IMAGE_SIZE, SIZE_HEAD
 
     if arch not in CLASSIFIERS:
         raise LungcadError(f"unknown classifier architecture {arch!r}; valid names: {', '.join(sorted(CLASSIFIERS))}")
@@ -79,6 +79,8 @@ def _classification_defaults(cfg: dict, arch: str, overrides: Mapping | None) ->
     # The preset's options for this architecture, under the user's own model_kwargs.
     preset_kwargs = (cfg.pop("model_kwargs_by_arch", None) or {}).get(arch) or {}
     cfg["model_kwargs"] = {**copy.deepcopy(preset_kwargs), **(cfg.get("model_kwargs") or {})}
+    if cfg.get("size_input") and arch in SIZE_HEAD:
+        cfg["model_kwargs"].setdefault("size_channel", SIZE_HEAD[arch])
     for phase in (1, 2):
         section = cfg[f"phase{phase}"]
         if section.get("lr") is None:

@@ -17,7 +17,7 @@ Classification
     (ground truth: voxel outlines only, box-annotated patients have none; or predicted under ``pred_mask_dir/<dataset>/<patient>/<series>_<index>.png``)
     is not empty, with the patient label. A patient whose predicted masks are all empty has nothing
     for the classifier to look at: it is left out, and listed in ``items.attrs["dropped_patients"]``.
-    ``ClassificationDataset`` yields ``(features (7,S,S) float, label float)``; the augmentation runs on
+    ``ClassificationDataset`` yields ``(features (7 or 8,S,S) float, label float)``; the augmentation runs on
     the slice and its mask *before* the seven channels are computed, so all channels stay consistent.
 
 Dataset keys: an integer index, or ``(index, seed)`` from the training samplers of
@@ -323,16 +323,20 @@ def classification_items(
 
 
 class ClassificationDataset(Dataset):
-    """``(features (7,S,S) float32, label float)`` for each row of ``items`` (S = ``input_size``).
+    """``(features (C,S,S) float32, label float)`` for each row of ``items`` (S = ``input_size``).
+
+    ``C`` is 7, or 8 with ``size_input``: the ``nodule_size`` plane measured with the row's pixel
+    spacing (``spacing_row_mm``, ``spacing_col_mm``) on the mask the features see.
 
     ``transform``: an albumentations pipeline, or a callable ``(height, width) -> pipeline`` for
     pipelines that need the slice size (``paper_augmentation``); applied to the native-size slice and
-    its mask before ``lungcad.features.seven_channels``.
+    its mask before ``lungcad.features.classifier_input``.
     """
 
     def __init__(self, items: pd.DataFrame, bench: str | Path, input_size: int = 224, crop: int = 64,
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, size_input: bool = False):
         self.items = items.reset_index(drop=True)
+        self.size_input = bool(size_input)
         self.bench = Path(bench)
         self.input_size = int(input_size)
         self.crop = int(crop)
@@ -358,11 +362,15 @@ class ClassificationDataset(Dataset):
         return image, (mask > 0).astype(np.uint8)
 
     def __getitem__(self, key):
-        from .features import seven_channels
+        from .features import classifier_input
 
         index, seed = _key(key)
         image, mask = self.load(index)
         image, mask = apply(self._pipeline(image.shape), image, mask, seed)
-        features = seven_channels(np.ascontiguousarray(image), np.ascontiguousarray(mask),
-                                  out_size=self.input_size, crop=self.crop)
+        spacing = None
+        if self.size_input:
+            row = self.items.iloc[index]
+            spacing = (float(row["spacing_row_mm"]), float(row["spacing_col_mm"]))
+        features = classifier_input(np.ascontiguousarray(image), np.ascontiguousarray(mask),
+                                    out_size=self.input_size, crop=self.crop, spacing_yx=spacing)
         return torch.from_numpy(features), torch.tensor(self.labels[index])

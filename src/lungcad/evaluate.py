@@ -231,14 +231,13 @@ def _evaluate_segmentation(run: Path, bench: Path, manifest, splits, names, devi
 # --------------------------------------------------------------------------- classification
 
 
-def _classify_slices(classifier, images, masks) -> np.ndarray:
-    from .features import batch_seven_channels
-
+def _classify_slices(classifier, images, masks, rows: pd.DataFrame) -> np.ndarray:
+    """Probabilities of slices with their masks; ``rows`` are their manifest rows (pixel spacing)."""
+    spacings = list(zip(rows["spacing_row_mm"].astype(float), rows["spacing_col_mm"].astype(float)))
     probs = []
     for start in range(0, len(images), SERIES_CHUNK):
-        features = batch_seven_channels(images[start:start + SERIES_CHUNK], masks[start:start + SERIES_CHUNK],
-                                        out_size=classifier.input_size, crop=classifier.crop)
-        probs.append(classifier.predict_proba(features))
+        part = slice(start, start + SERIES_CHUNK)
+        probs.append(classifier.predict_proba(classifier.features(images[part], masks[part], spacings[part])))
     return np.concatenate(probs) if probs else np.zeros(0, np.float32)
 
 
@@ -259,7 +258,7 @@ def gt_mask_probabilities(classifier, bench: Path, patients, progress: bool = Fa
     for _, group in _progress(groups, progress, "classifying (gt masks)", len(groups)):
         images = _load_stack(bench, group["image_path"])
         masks = [read_png(p) > 0 for p in group["mask_file"]]
-        frames.append(_slice_frame(group, _classify_slices(classifier, images, masks)))
+        frames.append(_slice_frame(group, _classify_slices(classifier, images, masks, group)))
     return pd.concat(frames, ignore_index=True) if frames else _slice_frame(items, [])
 
 
@@ -340,7 +339,8 @@ def predicted_mask_probabilities(classifier, segmenter, bench: Path, manifest: p
         masks = segmenter.masks(group, images)
         found = [i for i, m in enumerate(masks) if m.any()]
         if found:
-            probs = _classify_slices(classifier, [images[i] for i in found], [masks[i] for i in found])
+            probs = _classify_slices(classifier, [images[i] for i in found], [masks[i] for i in found],
+                                     group.iloc[found])
             frame = _slice_frame(group.iloc[found], probs)
             frames.append(frame.assign(area_px=[int(masks[i].sum()) for i in found]))
     if not frames:

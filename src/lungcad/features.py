@@ -39,6 +39,17 @@ Channels (float32, all in [0, 1]):
 6. ``zoomed_shape``: the mask in the zoom window, resized (bilinear, not thresholded, so partial
    pixels at the boundary keep their coverage).
 
+Optional eighth channel (``classifier_input`` with ``spacing_yx``; ours, not the paper's):
+
+7. ``nodule_size``: a constant plane holding the equivalent-circle diameter ``d`` (mm) of the largest
+   mask component, ``2 sqrt(area_px * row_mm * col_mm / pi)``, encoded as
+   ``min(1, ln(1 + d / 10 mm) / ln(1 + SIZE_SCALE_MM / 10 mm))``: 0 for an empty mask, 0.29 at
+   10 mm, 1 from 100 mm. Every channel above is in pixels; after the resize to ``out_size`` the
+   physical size of a nodule is only implicit (a 5 mm and a 10 mm nodule differ by a few pixels at
+   64 px). Size is the strongest single predictor of malignancy (Fleischner, Brock), so a model can
+   be handed it explicitly; the fusion models route this channel to their head
+   (``size_channel``), a timm model reads it as one more input plane.
+
 All resizes use one bilinear helper with pixel-centre alignment (OpenCV ``INTER_LINEAR``
 semantics, no antialiasing), written with numpy so it is deterministic and fast.
 """
@@ -66,6 +77,8 @@ CHANNELS = (
 # Recorded in a classifier's model.json; a model trained on other features is refused at load.
 # Bump it with any change to the channels. 1: as documented above (runs without the field are 1).
 FEATURES_VERSION = 1
+SIZE_CHANNEL = len(CHANNELS)  # index of the optional nodule_size channel (classifier_input)
+SIZE_SCALE_MM = 100.0  # diameter encoded as 1 (larger ones too)
 MASK_CHANNELS = (1, 3, 6)  # channels derived from the mask alone: all zero for an empty mask
 CONTEXT_FACTOR = 2.5  # context window side relative to the nodule's longest bounding-box side
 
@@ -80,6 +93,7 @@ class NoduleGeometry:
     context_box: tuple[int, int, int]
     zoom_box: tuple[int, int, int]
     empty: bool  # True when the mask has no foreground pixel
+    area_px: int = 0  # pixels of the largest component (0 when empty)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +168,7 @@ def nodule_geometry(mask: np.ndarray, crop: int = 64) -> NoduleGeometry:
     # The 2.5x part is capped at the image's longest side; the 2 * crop minimum always holds.
     context_side = max(2 * crop, min(math.ceil(CONTEXT_FACTOR * extent), max(shape)))
     return NoduleGeometry(
-        centre, _window_box(centre, context_side, shape), _window_box(centre, crop, shape), False
+        centre, _window_box(centre, context_side, shape), _window_box(centre, crop, shape), False, int(rows.size)
     )
 
 
@@ -187,23 +201,37 @@ def _check_inputs(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.n
     image = np.asarray(image)
     mask = np.asarray(mask)
     if image.ndim != 2:
-        raise InputError(f"seven_channels: image must be 2-D (H, W), got shape {image.shape}")
+        raise InputError(f"classifier input: image must be 2-D (H, W), got shape {image.shape}")
     if image.dtype != np.uint8:
         raise InputError(
-            f"seven_channels: image must be a uint8 lung-window slice, got dtype {image.dtype}"
+            f"classifier input: image must be a uint8 lung-window slice, got dtype {image.dtype}"
         )
     if mask.shape != image.shape:
-        raise InputError(f"seven_channels: mask shape {mask.shape} differs from image shape {image.shape}")
+        raise InputError(f"classifier input: mask shape {mask.shape} differs from image shape {image.shape}")
     return image, mask > 0
 
 
-def seven_channels(
-    image: np.ndarray, mask: np.ndarray, out_size: int = 224, crop: int = 64
+def equivalent_diameter_mm(area_px: float, spacing_yx) -> float:
+    """Diameter (mm) of the circle with the area of ``area_px`` pixels of ``spacing_yx`` (row, col) mm."""
+    row_mm, col_mm = (float(v) for v in spacing_yx)
+    if not (row_mm > 0 and col_mm > 0):
+        raise InputError(f"pixel spacing must be positive, got {tuple(spacing_yx)}")
+    return 2.0 * math.sqrt(float(area_px) * row_mm * col_mm / math.pi)
+
+
+def size_value(diameter_mm: float) -> float:
+    """The ``nodule_size`` channel's value for a diameter in mm (see the module docstring)."""
+    return float(min(1.0, math.log1p(max(float(diameter_mm), 0.0) / 10.0) / math.log1p(SIZE_SCALE_MM / 10.0)))
+
+
+def classifier_input(
+    image: np.ndarray, mask: np.ndarray, out_size: int = 224, crop: int = 64, spacing_yx=None
 ) -> np.ndarray:
-    """The classifier input of one slice: float32 ``(7, out_size, out_size)`` in [0, 1].
+    """The classifier input of one slice: float32 ``(7, out_size, out_size)`` in [0, 1], or
+    ``(8, ...)`` with the ``nodule_size`` plane when ``spacing_yx`` (row, col mm) is given.
 
     ``image`` is a uint8 lung-window slice (H, W); ``mask`` the nodule mask of the same shape
-    (bool or integer, nonzero = nodule). Channel order is ``CHANNELS``.
+    (bool or integer, nonzero = nodule). Channel order is ``CHANNELS`` (then ``nodule_size``).
     """
     image, mask = _check_inputs(image, mask)
     geom = nodule_geometry(mask, crop)
@@ -215,7 +243,7 @@ def seven_channels(
     edges = np.hypot(
         ndimage.sobel(context, axis=0, mode="nearest"), ndimage.sobel(context, axis=1, mode="nearest")
     )
-    channels = (
+    channels = [
         resize_bilinear(img, out_size),
         (resize_bilinear(maskf, out_size) >= 0.5).astype(np.float32),
         resize_bilinear(context, out_size),
@@ -223,21 +251,33 @@ def seven_channels(
         _normalise_by_max(resize_bilinear(edges, out_size)),
         resize_bilinear(extract_window(img, geom.zoom_box), out_size),
         resize_bilinear(extract_window(maskf, geom.zoom_box), out_size),
-    )
+    ]
+    if spacing_yx is not None:
+        value = size_value(equivalent_diameter_mm(geom.area_px, spacing_yx))
+        channels.append(np.full((out_size, out_size), value, np.float32))
     out = np.stack(channels).astype(np.float32, copy=False)
     # Interpolation is convex, so values stay in [0, 1] up to float rounding; clip that away.
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def batch_seven_channels(images, masks, out_size: int = 224, crop: int = 64) -> np.ndarray:
-    """``seven_channels`` for each (image, mask) pair; float32 ``(N, 7, out_size, out_size)``.
+def seven_channels(image: np.ndarray, mask: np.ndarray, out_size: int = 224, crop: int = 64) -> np.ndarray:
+    """The paper's seven channels of one slice (``classifier_input`` without the size plane)."""
+    return classifier_input(image, mask, out_size, crop)
+
+
+def batch_classifier_input(images, masks, out_size: int = 224, crop: int = 64, spacings=None) -> np.ndarray:
+    """``classifier_input`` for each (image, mask) pair; float32 ``(N, C, out_size, out_size)``.
 
     ``images`` and ``masks`` are sequences (or ``(N, H, W)`` arrays) of equal length; slices may
-    differ in size from one pair to the next.
+    differ in size from one pair to the next. ``spacings``: None (seven channels) or one
+    ``(row, col)`` mm pair per slice (eight channels).
     """
     if len(images) != len(masks):
-        raise InputError(f"batch_seven_channels: {len(images)} images but {len(masks)} masks")
-    out = np.empty((len(images), len(CHANNELS), out_size, out_size), dtype=np.float32)
+        raise InputError(f"batch_classifier_input: {len(images)} images but {len(masks)} masks")
+    if spacings is not None and len(spacings) != len(images):
+        raise InputError(f"batch_classifier_input: {len(images)} images but {len(spacings)} spacings")
+    channels = len(CHANNELS) + (spacings is not None)
+    out = np.empty((len(images), channels, out_size, out_size), dtype=np.float32)
     for i, (image, mask) in enumerate(zip(images, masks)):
-        out[i] = seven_channels(image, mask, out_size=out_size, crop=crop)
+        out[i] = classifier_input(image, mask, out_size, crop, None if spacings is None else spacings[i])
     return out

@@ -283,8 +283,26 @@ class SliceClassifier(_RunInferer):
         largest (model.json ``min_area_frac``; 0, every slice with a mask, for older runs)."""
         return float(self.model_json.get("min_area_frac") or 0.0)
 
+    @property
+    def size_input(self) -> bool:
+        """Whether the model reads the ``nodule_size`` plane (model.json ``size_input``; older runs: no)."""
+        return bool(self.model_json.get("size_input", False))
+
+    def features(self, images, masks, spacings=None) -> np.ndarray:
+        """This model's input for slices and their masks: ``(N, 7 or 8, S, S)`` float32.
+
+        ``spacings``: one ``(row, col)`` mm pair per slice; required when the model reads the size
+        plane (``size_input``), ignored otherwise.
+        """
+        from .features import batch_classifier_input
+
+        if self.size_input and spacings is None:
+            raise LungcadError("this classifier reads the nodule's measured size: pass each slice's pixel spacing")
+        return batch_classifier_input(images, masks, out_size=self.input_size, crop=self.crop,
+                                      spacings=spacings if self.size_input else None)
+
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Malignancy probability per slice: (N, 7, S, S) float32 -> (N,) float32."""
+        """Malignancy probability per slice: (N, C, S, S) float32 (``features``) -> (N,) float32."""
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 4:
             raise ValueError(f"expected (N, C, S, S) features, got shape {features.shape}")

@@ -47,9 +47,11 @@ def display_name(arch: str) -> str:
 
 def variant(model_json: dict) -> str:
     """What sets a run apart from its architecture's defaults, from ``model.json``: the model options
-    (``kwargs``) and, for a classifier, core-slice scoring; "" when there is nothing."""
+    (``kwargs``) and, for a classifier, the size input and core-slice scoring; "" when there is nothing."""
     parts = [f"{key}={json.dumps(value, separators=(',', ':'))}"
-             for key, value in sorted((model_json.get("kwargs") or {}).items())]
+             for key, value in sorted((model_json.get("kwargs") or {}).items()) if key != "size_channel"]
+    if model_json.get("size_input"):
+        parts.append("size input")
     if model_json.get("min_area_frac"):
         parts.append(f"core slices {model_json['min_area_frac']:g}")
     return "; ".join(parts)

@@ -423,7 +423,8 @@ class Predictor:
 
         patient = {"max_over_nodules": None, "mean_over_slices": None, "headline": HEADLINE, "value": None}
         if self.classifier is not None and nodules:
-            all_slices = self._classify(images, view.to_canonical(labels), nodules)
+            spacing_yx = (float(view.spacing[1]), float(view.spacing[0]))
+            all_slices = self._classify(images, view.to_canonical(labels), nodules, spacing_yx)
             patient["max_over_nodules"] = max(n.probability for n in nodules)
             patient["mean_over_slices"] = float(np.mean(all_slices))
             patient["value"] = patient[HEADLINE]
@@ -436,18 +437,18 @@ class Predictor:
                        "box_yx": [int(v) for v in box], "slices": [int(z) for z in slices]}
         return PredictionResult(volume, labels, nodules, patient, timings, warnings, region_info)
 
-    def _classify(self, images: np.ndarray, labels: np.ndarray, nodules: list[Nodule]) -> list[float]:
+    def _classify(self, images: np.ndarray, labels: np.ndarray, nodules: list[Nodule],
+                  spacing_yx: tuple[float, float]) -> list[float]:
         """Per-slice malignancy of every nodule; sets each nodule's probability (the mean over its core
-        slices, see ``min_area_frac``) and returns the core slices' probabilities."""
+        slices, see ``min_area_frac``) and returns the core slices' probabilities. ``spacing_yx``:
+        (row, col) mm of the canonical slices (the size plane of a ``size_input`` model)."""
         from .data import core_slices
-        from .features import seven_channels
 
-        size, crop = self.classifier.input_size, self.classifier.crop
         owners, feats, areas = [], [], []
         for nodule in nodules:
             for z in nodule.slices:
                 mask = labels[z] == nodule.id
-                feats.append(seven_channels(images[z], mask, out_size=size, crop=crop))
+                feats.append(self.classifier.features([images[z]], [mask], [spacing_yx])[0])
                 owners.append(nodule.id)
                 areas.append(int(mask.sum()))
         probs = self.classifier.predict_proba(np.stack(feats))

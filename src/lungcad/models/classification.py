@@ -17,6 +17,7 @@ from collections.abc import Callable
 import timm
 from torch import nn
 
+from ..features import SIZE_CHANNEL
 from .common import drop_none, load_weights, unknown_arch_error
 from .fusion import FUSION_BACKBONES, HYPERFUSION_BACKBONE, NoduleFusionNet, NoduleHyperFusionNet
 
@@ -42,6 +43,10 @@ FUSION_TIMM_NAMES = {
     "nodulefusionnet-v2": FUSION_BACKBONES["v2"],
     "nodule-hyperfusionnet": HYPERFUSION_BACKBONE,
 }
+
+# With the nodule_size plane in the input (``size_input``), these read it at their head
+# (``size_channel``); a timm model takes it as one more input plane.
+SIZE_HEAD = {arch: SIZE_CHANNEL for arch in FUSION_TIMM_NAMES}
 
 # Base learning rates per training phase. Table 5 gives 3e-4 (phase 1) and 2e-4 (phase 2) as
 # examples of "model-specific" rates; the lower rates for the attention models are our choice

@@ -20,6 +20,12 @@ attention fusion at every stage, no cross-attention, aggregation, final conv blo
   average-pooled (fixed factor = stride ratio) to the coarsest stage's grid -> concatenated; then the final 3x3 conv-BN-SiLU
   block, GeM pooling (learnable p, init 3), dropout and a linear head.
 
+Both take an optional ``size_channel`` (ours, off by default): the index of the constant
+``nodule_size`` plane of ``lungcad.features.classifier_input``. Its value is read per sample,
+standardised by a ``BatchNorm1d`` (a one-feature input would otherwise need a weight of several
+units, which AdamW reaches only after thousands of steps) and concatenated to the pooled image
+features before the head, so the head can weigh measured size against what the streams see.
+
 NoduleFusionNet (paper: "multi-scale feature fusion from diverse input channels"; nothing more):
 
 * three streams, one per scale of the seven channels (ours): global (channels 0, 1: slice and
@@ -53,6 +59,32 @@ def _check_channels(in_chans: int, groups: Sequence[Sequence[int]], model: str) 
         raise LungcadError(
             f"{model}: channel groups {tuple(map(tuple, groups))} do not fit an input of {in_chans} channels"
         )
+
+
+class SizeInput(nn.Module):
+    """The standardised value of the constant ``size_channel`` plane of ``x``: ``(B, 1)``."""
+
+    def __init__(self, channel: int):
+        super().__init__()
+        self.channel = int(channel)
+        self.norm = nn.BatchNorm1d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x[:, self.channel].mean(dim=(1, 2))[:, None])
+
+
+def _size_input(in_chans: int, size_channel: int | None, groups: Sequence[Sequence[int]], model: str):
+    """``SizeInput`` for ``size_channel`` (None: no size input); refuses a channel the streams read."""
+    if size_channel is None:
+        return None
+    if not 0 <= int(size_channel) < in_chans or int(size_channel) in {c for g in groups for c in g}:
+        raise LungcadError(f"{model}: size_channel {size_channel} must be one of the {in_chans} input channels "
+                           "and not one a stream reads")
+    return SizeInput(int(size_channel))
+
+
+def _with_size(pooled: torch.Tensor, size: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    return pooled if size is None else torch.cat([pooled, size(x)], dim=1)
 
 
 def _select(x: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
@@ -119,9 +151,11 @@ class NoduleHyperFusionNet(nn.Module):
         fusion_width: int = 128,
         head_width: int = 256,
         drop_rate: float = 0.3,
+        size_channel: int | None = None,
     ):
         super().__init__()
         _check_channels(in_chans, (global_channels, local_channels), "nodule-hyperfusionnet")
+        self.size = _size_input(in_chans, size_channel, (global_channels, local_channels), "nodule-hyperfusionnet")
         if len(local_channels) != 3 or len(global_channels) not in (1, 3):
             raise LungcadError("nodule-hyperfusionnet: the local stream takes 3 channels, the global 1 or 3")
         self.global_channels = tuple(global_channels)
@@ -145,7 +179,7 @@ class NoduleHyperFusionNet(nn.Module):
         self.final_block = conv_bn_act(fusion_width * len(widths), head_width, 3)
         self.pool = GeM()
         self.drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(head_width, num_classes)
+        self.classifier = nn.Linear(head_width + (self.size is not None), num_classes)
         self.num_features = head_width
 
     def encoder_modules(self) -> list[nn.Module]:
@@ -172,11 +206,9 @@ class NoduleHyperFusionNet(nn.Module):
         ]
         return self.final_block(torch.cat(stages, dim=1))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.drop(self.pool(features)))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        pooled = self.drop(self.pool(self.forward_features(x)))
+        return self.classifier(_with_size(pooled, self.size, x))
 
 
 class NoduleFusionNet(nn.Module):
@@ -191,9 +223,11 @@ class NoduleFusionNet(nn.Module):
         groups: Sequence[Sequence[int]] = ((0, 1), (2, 3, 4), (5, 6)),
         embed_dim: int = 256,
         drop_rate: float = 0.3,
+        size_channel: int | None = None,
     ):
         super().__init__()
         _check_channels(in_chans, groups, "nodulefusionnet")
+        self.size = _size_input(in_chans, size_channel, groups, "nodulefusionnet")
         self.groups = tuple(tuple(g) for g in groups)
         self.streams = nn.ModuleList(
             timm.create_model(backbone, pretrained=pretrained, in_chans=len(g), num_classes=0)
@@ -206,7 +240,7 @@ class NoduleFusionNet(nn.Module):
         self.attention = nn.Sequential(nn.Linear(embed_dim, embed_dim // 2), nn.Tanh(), nn.Linear(embed_dim // 2, 1))
         self.head = nn.Sequential(
             nn.Dropout(drop_rate),
-            nn.Linear(embed_dim, embed_dim // 2),
+            nn.Linear(embed_dim + (self.size is not None), embed_dim // 2),
             nn.SiLU(),
             nn.Dropout(drop_rate),
             nn.Linear(embed_dim // 2, num_classes),
@@ -228,8 +262,5 @@ class NoduleFusionNet(nn.Module):
         weights = self.attention(embeddings).softmax(dim=1)  # (B, streams, 1)
         return (weights * embeddings).sum(dim=1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.head(_with_size(self.forward_features(x), self.size, x))

@@ -26,7 +26,7 @@ from ..augment import build_augmentation
 from ..config import resolve, write_yaml
 from ..data import ClassificationDataset, classification_items
 from ..errors import LungcadError
-from ..features import FEATURES_VERSION
+from ..features import CHANNELS, FEATURES_VERSION
 from ..io import atomic_path
 from .engine import (
     CLS_COLUMNS, LAST_CKPT, SUMMARY, ClassificationModule, EpochSampler, FitSpec, WithIndex, base_model_json, fit,
@@ -38,12 +38,17 @@ from .seg import copy_splits
 PHASES = ("1", "2", "both")
 
 
+def input_channels(cfg: dict) -> int:
+    """Channels of the classifier input: the seven, plus the nodule_size plane with ``size_input``."""
+    return len(CHANNELS) + bool(cfg.get("size_input"))
+
+
 def cls_model_json(arch: str, cfg: dict, phase: int, mask_source: str, seg_run) -> dict:
     """``model.json`` of a classification run (``image_size`` = ``input_size``, as inference reads it)."""
     return base_model_json(
-        "classification", arch, cfg, 7, cfg["input_size"],
+        "classification", arch, cfg, input_channels(cfg), cfg["input_size"],
         input_size=int(cfg["input_size"]), crop=int(cfg["crop"]), features_version=FEATURES_VERSION,
-        min_area_frac=float(cfg.get("min_area_frac") or 0.0),
+        min_area_frac=float(cfg.get("min_area_frac") or 0.0), size_input=bool(cfg.get("size_input")),
         phase=phase, mask_source=mask_source,
         seg_run=str(Path(seg_run).resolve()) if seg_run else None,
     )
@@ -109,9 +114,11 @@ def _train_phase(
                                f"nodule masks for classification phase {phase}{hint}")
     size, crop = int(cfg["input_size"]), int(cfg["crop"])
     augmentation = cfg["augmentation"]
+    size_input = bool(cfg.get("size_input"))
     train_set = ClassificationDataset(items["train"], bench, size, crop,
-                                      transform=lambda shape: build_augmentation(augmentation, shape, jitter=False))
-    val_set = ClassificationDataset(items["val"], bench, size, crop, transform=None)
+                                      transform=lambda shape: build_augmentation(augmentation, shape, jitter=False),
+                                      size_input=size_input)
+    val_set = ClassificationDataset(items["val"], bench, size, crop, transform=None, size_input=size_input)
     labels = items["train"]["label"].to_numpy()
     sampler = EpochSampler(len(train_set), seed=seed,
                            weights=inverse_frequency_weights(labels) if cfg.get("weighted_sampler") else None)
@@ -120,7 +127,7 @@ def _train_phase(
         phase_cfg["freeze_epochs"] = 0
         phase_cfg["freeze_note"] = "encoder randomly initialised: not frozen"
     seed_all(seed)
-    model = create_classifier(arch, in_chans=7, pretrained=pretrained and init_weights is None,
+    model = create_classifier(arch, in_chans=input_channels(cfg), pretrained=pretrained and init_weights is None,
                               weights=init_weights, **(cfg.get("model_kwargs") or {}))
     # Validation scores patients as `evaluate` does: one on whom the segmenter found nothing is a
     # benign call (probability 0), not left out (empty for ground-truth masks).

@@ -105,6 +105,9 @@ SEGMENTATION = {
 #   min_area_frac: train, validate and evaluate on a patient's core slices only, those whose mask is
 #     at least this fraction of the patient's largest (prediction: of the nodule's largest); 0 = every
 #     slice with a mask (the paper). Recorded in model.json so evaluation and prediction agree.
+#   size_input: add the nodule_size plane (the measured equivalent diameter of the slice's nodule,
+#     lungcad.features) as an eighth input channel; the fusion models read it at their head
+#     (model_kwargs size_channel, filled in), a timm model as one more plane. Recorded in model.json.
 #   freeze_epochs: encoder frozen for the first N epochs of the phase.
 #   scheduler: "warmup_cosine" (LinearLR warm-up then CosineAnnealingLR) | "onecycle".
 _PHASE1_PAPER = {
@@ -149,6 +152,7 @@ CLASSIFICATION = {
         "crop": 64,
         "max_slices_per_patient": None,
         "min_area_frac": 0.0,
+        "size_input": False,  # the paper's seven channels
         "augmentation": "paper",
         "weighted_sampler": True,
         "phase1": _PHASE1_PAPER,
@@ -165,6 +169,9 @@ CLASSIFICATION = {
         # At 64 px the global image is ~5.5 mm per pixel and a nodule a pixel or two: the global stream
         # is given the global mask (location and size) instead. The paper preset keeps the image.
         "model_kwargs_by_arch": {"nodule-hyperfusionnet": {"global_channels": [1]}},
+        # At 64 px a 6 mm and a 12 mm nodule differ by two or three pixels, and size is the
+        # strongest single predictor of malignancy: hand the model the measured diameter.
+        "size_input": True,
         "augmentation": "light",
         "weighted_sampler": True,
         # From random weights the encoder is never frozen (train/cls.py); with --pretrained or
