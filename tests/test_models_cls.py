@@ -204,12 +204,16 @@ def test_fusionnet_uses_every_channel_in_its_group():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["nodule-hyperfusionnet", "efficientnet-b3"])
-def test_onnx_export_matches_torch(tmp_path, name):
+@pytest.mark.parametrize("name, size_input", [("nodule-hyperfusionnet", False), ("nodule-hyperfusionnet", True),
+                                              ("efficientnet-b3", False)])
+def test_onnx_export_matches_torch(tmp_path, name, size_input):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = create_classifier(name).eval()
+    options = {"in_chans": 8, "size_channel": 7} if size_input else {}
+    model = create_classifier(name, **options).eval()
     x = batch(n=2, seed=6)
+    if size_input:
+        x = _with_size_plane(x, [0.2, 0.6])
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(
         model, (x,), str(path), dynamo=False, opset_version=17,
