@@ -46,13 +46,13 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 def test_preset_model_options_per_architecture_yield_to_the_user_s():
     cpu = resolve("classification", "cpu", "nodule-hyperfusionnet")
-    # cpu preset: the global stream sees the mask, the head reads the size plane (channel 7)
-    assert cpu["model_kwargs"] == {"global_channels": [1], "size_channel": 7}
+    # cpu preset: the global stream sees the mask
+    assert cpu["model_kwargs"] == {"global_channels": [1]}
     assert "model_kwargs_by_arch" not in cpu                   # resolved, not carried along
     assert resolve("classification", "paper", "nodule-hyperfusionnet")["model_kwargs"] == {}
-    assert resolve("classification", "cpu", "nodulefusionnet-b0")["model_kwargs"] == {"size_channel": 7}
+    assert resolve("classification", "cpu", "nodulefusionnet-b0", {"size_input": True})["model_kwargs"] == {"size_channel": 7}
     mine = resolve("classification", "cpu", "nodule-hyperfusionnet",
-                   {"model_kwargs.global_channels": [0], "model_kwargs.drop_rate": 0.1})
+                   {"model_kwargs.global_channels": [0], "model_kwargs.drop_rate": 0.1, "size_input": True})
     assert mine["model_kwargs"] == {"global_channels": [0], "drop_rate": 0.1, "size_channel": 7}
     # the preset's dict is not shared with (or changed through) a resolved config
     cpu["model_kwargs"]["global_channels"].append(2)
@@ -60,8 +60,10 @@ def test_preset_model_options_per_architecture_yield_to_the_user_s():
 
 
 def test_size_input_fills_the_size_channel_of_the_fusion_models_only():
-    cpu = resolve("classification", "cpu", "efficientnet-b3")
-    assert cpu["size_input"] is True and "size_channel" not in cpu["model_kwargs"]  # timm: one more plane
-    off = resolve("classification", "cpu", "nodule-hyperfusionnet", {"size_input": False})
-    assert "size_channel" not in off["model_kwargs"]
+    timm_model = resolve("classification", "cpu", "efficientnet-b3", {"size_input": True})
+    assert timm_model["size_input"] is True and "size_channel" not in timm_model["model_kwargs"]  # one more plane
+    on = resolve("classification", "cpu", "nodule-hyperfusionnet", {"size_input": True})
+    assert on["model_kwargs"]["size_channel"] == 7
+    off = resolve("classification", "cpu", "nodule-hyperfusionnet")
+    assert off["size_input"] is False and "size_channel" not in off["model_kwargs"]
     assert resolve("classification", "paper", "nodulefusionnet-v2")["size_input"] is False

@@ -35,7 +35,9 @@ def seg_run(bench, tmp_path_factory) -> Path:
 
 def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     run = tmp_path / "cls"
-    summary = train_classifier(bench, ARCH, run, seg_run=seg_run, phase="both", epochs=2, overrides=CLS_TINY)
+    # with the nodule_size plane, so that training, model.json and evaluation of it are exercised
+    summary = train_classifier(bench, ARCH, run, seg_run=seg_run, phase="both", epochs=2,
+                               overrides={**CLS_TINY, "size_input": True})
     for name in ("config.yaml", "splits.json", "history.csv", "model.json", "summary.json",
                  "checkpoints/best.safetensors", "mask_provenance.json",
                  "phase1/checkpoints/last.ckpt", "phase2/checkpoints/last.ckpt", "phase2/model.json"):
@@ -47,7 +49,7 @@ def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     info = json.loads((run / "model.json").read_text())
     assert info["phase"] == 2 and info["mask_source"] == "predicted"
     assert info["seg_run"] == str(seg_run.resolve())
-    # the cpu preset adds the nodule_size plane to the seven channels
+    # size_input adds the nodule_size plane to the seven channels
     assert info["in_channels"] == 8 and info["size_input"] is True
     assert info["image_size"] == info["input_size"] == 64 and info["crop"] == 32
     assert info["min_area_frac"] == 0.5   # the cpu preset scores core slices
