@@ -35,7 +35,7 @@ def seg_run(bench, tmp_path_factory) -> Path:
 
 def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     run = tmp_path / "cls"
-    # with the nodule_size plane, so that training, model.json and evaluation of it are exercised
+    # with the nodule_size plane, so that its training, validation and model.json are exercised
     summary = train_classifier(bench, ARCH, run, seg_run=seg_run, phase="both", epochs=2,
                                overrides={**CLS_TINY, "size_input": True})
     for name in ("config.yaml", "splits.json", "history.csv", "model.json", "summary.json",
