@@ -154,6 +154,17 @@ def test_2p5d_segmenter_reads_neighbours_from_the_stack(tmp_path):
     assert np.abs(seg.predict_proba(stack[2:3])[0] - full[2]).max() > 1e-4  # alone, it lacks its neighbours
 
 
+def test_weights_that_do_not_fit_model_json_are_a_clear_error(tmp_path):
+    """A run whose weights come from another build of the architecture (e.g. an older lungcad)."""
+    from lungcad.models import load_run_model
+
+    info = {"task": "segmentation", "arch": "lightunet", "kwargs": {}, "in_channels": 1,
+            "image_size": SIZE, "window_hu": [-1200, 0], "threshold": 0.5}
+    save_run_model(tmp_path, create_segmenter("lightunet", in_channels=3), info)  # model.json says 1 channel
+    with pytest.raises(LungcadError, match=r"best\.safetensors: weights do not fit lightunet"):
+        load_run_model(tmp_path)
+
+
 def test_stale_model_onnx_is_not_used(tmp_path):
     run = tmp_path / "run"
     torch.manual_seed(1)

@@ -214,6 +214,8 @@ def test_onnx_export_matches_torch(tmp_path, name, size_input):
     x = batch(n=2, seed=6)
     if size_input:
         x = _with_size_plane(x, [0.2, 0.6])
+        model.size.set_prior(centre=0.4, scale=0.2, weight=1.5, bias=-0.3)
+        torch.nn.init.normal_(model.get_classifier().weight, std=0.05)  # the image head starts at zero
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(
         model, (x,), str(path), dynamo=False, opset_version=17,
@@ -241,22 +243,31 @@ def _with_size_plane(x: torch.Tensor, values) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("cls", [NoduleHyperFusionNet, NoduleFusionNet])
-def test_size_channel_reaches_the_head_and_nothing_else(cls):
-    """With size_channel=7 the head reads the constant plane; the streams never see it."""
+def test_size_channel_feeds_a_size_prior_added_to_the_image_logit(cls):
+    """With size_channel=7 the plane feeds the size prior only; the image head starts at zero."""
     torch.manual_seed(0)
     model = cls(in_chans=8, backbone="test_efficientnet", size_channel=7)
     x = _with_size_plane(batch(n=4, seed=7), [0.1, 0.3, 0.5, 0.7])
-    model.train()
-    model(x).sum().backward()  # trains: the size normalisation sees a batch with spread
-    assert model.size.norm.weight.grad is not None and model.size.norm.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
-        reference = model(x)
+        assert torch.equal(model(x), torch.zeros(4, 1))  # unfitted prior, zero image head
+        model.size.set_prior(centre=0.4, scale=0.2, weight=2.0, bias=-1.0)
+        expected = 2.0 * (torch.tensor([[0.1], [0.3], [0.5], [0.7]]) - 0.4) / 0.2 - 1.0
+        torch.testing.assert_close(model(x), expected)
         bigger = x.clone()
         bigger[:, 7] += 0.2
-        assert not torch.allclose(model(bigger), reference, atol=1e-6)
-        # the head's extra input is the plane's mean: the streams are unchanged by it
+        # the streams never see the size plane
         assert torch.equal(model.forward_features(bigger), model.forward_features(x))
+    model.train()
+    model(x).sum().backward()  # both the prior and the (zero) image head learn
+    assert model.size.linear.weight.grad.abs().sum() > 0
+    head = model.get_classifier()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    # the fitted standardisation is saved with the weights
+    state = model.state_dict()
+    assert float(state["size.centre"]) == pytest.approx(0.4) and float(state["size.scale"]) == pytest.approx(0.2)
+    with pytest.raises(LungcadError, match="scale"):
+        model.size.set_prior(centre=0.4, scale=0.0, weight=1.0, bias=0.0)
     # the streams may not read the size channel, and it must exist
     with pytest.raises(LungcadError, match="size_channel"):
         cls(in_chans=8, backbone="test_efficientnet", size_channel=0)

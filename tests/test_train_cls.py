@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -210,3 +211,48 @@ def test_weight_ema_is_exported_checkpointed_and_resumed(bench, tmp_path, monkey
     assert snapshot.keys() == average.keys()
     for key in floats:
         assert torch.equal(snapshot[key], average[key]), key
+
+
+def test_fusion_model_with_size_input_starts_from_a_size_prior_fitted_on_the_training_slices(bench, tmp_path):
+    """The fixture's malignant nodules are the larger ones: the fitted prior ranks slices by size."""
+    run = tmp_path / "cls"
+    summary = train_classifier(bench, "nodulefusionnet-b0", run, phase="1", epochs=1,
+                               overrides={**CLS_TINY, "size_input": True,
+                                          "model_kwargs.backbone": "test_efficientnet"})
+    prior = summary["phase1"]["size_prior"]
+    assert prior["fitted"] is True and prior["weight"] > 0
+    assert prior["slice_auc"] == 1.0 and prior["slices"] == summary["phase1"]["train_slices"]
+    model, info = load_run_model(run)
+    assert info["kwargs"]["size_channel"] == 7
+    # the standardisation is a fitted constant, saved with the weights
+    assert float(model.size.centre) == pytest.approx(prior["centre"])
+    assert float(model.size.scale) == pytest.approx(prior["scale"])
+
+
+def test_fit_size_prior_is_a_balanced_logistic_regression_on_the_standardised_size():
+    from lungcad.models.fusion import SizePrior
+    from lungcad.train.cls import fit_size_prior
+
+    class Slices:  # what fit_size_prior reads of a ClassificationDataset
+        labels = np.array([0, 0, 0, 0, 0, 0, 1, 1], np.float32)
+
+        def size_values(self):
+            return np.array([0.20, 0.25, 0.30, 0.22, 0.35, 0.50, 0.45, 0.60])
+
+    prior = SizePrior(7)
+    fitted = fit_size_prior(prior, Slices())
+    values = Slices().size_values()
+    assert fitted["centre"] == pytest.approx(values.mean()) and fitted["scale"] == pytest.approx(values.std())
+    assert fitted["weight"] > 0
+    # class-balanced: the fitted probabilities average 0.5 per class-weighted sample, so the decision
+    # boundary sits between the classes instead of at the 6:2 majority
+    z = (values - values.mean()) / values.std()
+    p = 1 / (1 + np.exp(-(fitted["weight"] * z + fitted["bias"])))
+    assert (p[Slices.labels == 1] > 0.5).all()
+    # installed in the module: its logit is the fitted regression's
+    x = torch.zeros(8, 8, 4, 4)
+    x[:, 7] = torch.tensor(values, dtype=torch.float32)[:, None, None]
+    with torch.no_grad():
+        np.testing.assert_allclose(prior(x)[:, 0].numpy(), fitted["weight"] * z + fitted["bias"], rtol=1e-5, atol=1e-5)
+    one_class = type("OneClass", (), {"labels": np.zeros(3, np.float32), "size_values": lambda self: np.ones(3)})()
+    assert fit_size_prior(SizePrior(7), one_class)["fitted"] is False

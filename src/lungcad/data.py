@@ -361,6 +361,23 @@ class ClassificationDataset(Dataset):
         mask = _mask_or_empty(row["mask_file"], image.shape)
         return image, (mask > 0).astype(np.uint8)
 
+    def size_values(self) -> np.ndarray:
+        """The ``nodule_size`` value of each row's own mask, unaugmented (0 for a row without a mask).
+
+        What ``lungcad train-cls`` fits the fusion models' size prior on; reads the masks only.
+        """
+        from .features import equivalent_diameter_mm, nodule_geometry, size_value
+
+        values = np.zeros(len(self.items), np.float64)
+        for index, row in enumerate(self.items.itertuples(index=False)):
+            path = row.mask_file
+            if path is None or str(path) in ("", "nan"):
+                continue
+            area = nodule_geometry(read_png(path)).area_px
+            values[index] = size_value(equivalent_diameter_mm(area, (float(row.spacing_row_mm),
+                                                                     float(row.spacing_col_mm))))
+        return values
+
     def __getitem__(self, key):
         from .features import classifier_input
 

@@ -47,8 +47,9 @@ Optional eighth channel (``classifier_input`` with ``spacing_yx``; ours, not the
    10 mm, 1 from 100 mm. Every channel above is in pixels; after the resize to ``out_size`` the
    physical size of a nodule is only implicit (a 5 mm and a 10 mm nodule differ by a few pixels at
    64 px). Size is the strongest single predictor of malignancy (Fleischner, Brock), so a model can
-   be handed it explicitly; the fusion models route this channel to their head
-   (``size_channel``), a timm model reads it as one more input plane.
+   be handed it explicitly; the fusion models feed this channel to a size prior whose logit is
+   added to their image head's (``size_channel``, ``models.fusion.SizePrior``), a timm model reads
+   it as one more input plane.
 
 All resizes use one bilinear helper with pixel-centre alignment (OpenCV ``INTER_LINEAR``
 semantics, no antialiasing), written with numpy so it is deterministic and fast.

@@ -64,7 +64,11 @@ def load_run_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[torc
         raise LungcadError(f"{weights}: missing weights file; the run did not finish an epoch")
     model = build_from_model_json(info)
     state = load_file(str(weights), device=map_location)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # e.g. weights of another lungcad version of the same architecture
+        raise LungcadError(f"{weights}: weights do not fit {info.get('arch')} as model.json describes it "
+                           f"(trained with another lungcad version?): {exc}") from exc
     return model.eval(), info
 
 

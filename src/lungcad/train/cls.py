@@ -76,6 +76,30 @@ def check_mask_provenance(seg_run: Path, patients: dict[str, list[str]]) -> dict
     return record
 
 
+def fit_size_prior(prior, dataset: ClassificationDataset) -> dict:
+    """Fit a fusion model's size prior (``models.fusion.SizePrior``) on the training slices.
+
+    A logistic regression of each slice's label on its measured size, class-balanced because the
+    sampler balances the classes; the model then starts from "size alone" and its image streams
+    learn the rest. Returns what was fitted (recorded in the phase summary).
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    values, labels = dataset.size_values(), dataset.labels.astype(int)
+    scale = float(values.std())
+    if len(np.unique(labels)) < 2 or scale <= 0:
+        return {"fitted": False, "reason": "training slices of one class or of one size"}
+    centre = float(values.mean())
+    z = ((values - centre) / scale)[:, None]
+    fit = LogisticRegression(class_weight="balanced").fit(z, labels)
+    weight, bias = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    prior.set_prior(centre, scale, weight, bias)
+    return {"fitted": True, "centre": centre, "scale": scale, "weight": weight, "bias": bias,
+            "slices": int(len(labels)), "slice_auc": float(roc_auc_score(labels, z[:, 0]))}
+
+
 def _train_phase(
     bench: Path, arch: str, run_dir: Path, cfg: dict, splits: dict, phase: int, *, seg_run,
     init_weights, pretrained: bool, resume: bool, devices,
@@ -129,6 +153,11 @@ def _train_phase(
     seed_all(seed)
     model = create_classifier(arch, in_chans=input_channels(cfg), pretrained=pretrained and init_weights is None,
                               weights=init_weights, **(cfg.get("model_kwargs") or {}))
+    # A fresh fusion model with the size input starts as a size-only logistic regression; loaded
+    # weights (phase 2, --weights) bring their fitted prior with them.
+    size_prior = None
+    if init_weights is None and getattr(model, "size", None) is not None:
+        size_prior = fit_size_prior(model.size, train_set)
     # Validation scores patients as `evaluate` does: one on whom the segmenter found nothing is a
     # benign call (probability 0), not left out (empty for ground-truth masks).
     absent = items["val"].attrs.get("dropped_labels", {})
@@ -148,7 +177,8 @@ def _train_phase(
                        "train_patients": items["train"]["patient_id"].nunique(),
                        "val_patients": items["val"]["patient_id"].nunique(),
                        "val_patients_no_nodule_found": len(absent),
-                       "dropped_patients": {p: items[p].attrs.get("dropped_patients", []) for p in items}},
+                       "dropped_patients": {p: items[p].attrs.get("dropped_patients", []) for p in items},
+                       **({"size_prior": size_prior} if size_prior is not None else {})},
     )
     return fit(module, train_set, WithIndex(val_set), spec)
 

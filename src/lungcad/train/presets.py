@@ -106,8 +106,10 @@ SEGMENTATION = {
 #     at least this fraction of the patient's largest (prediction: of the nodule's largest); 0 = every
 #     slice with a mask (the paper). Recorded in model.json so evaluation and prediction agree.
 #   size_input: add the nodule_size plane (the measured equivalent diameter of the slice's nodule,
-#     lungcad.features) as an eighth input channel; the fusion models read it at their head
-#     (model_kwargs size_channel, filled in), a timm model as one more plane. Recorded in model.json.
+#     lungcad.features) as an eighth input channel; the fusion models feed it to a size prior, a
+#     logistic regression fitted on the training slices before phase 1 whose logit is added to the
+#     image head's (model_kwargs size_channel, filled in), a timm model reads it as one more plane.
+#     Recorded in model.json.
 #   freeze_epochs: encoder frozen for the first N epochs of the phase.
 #   scheduler: "warmup_cosine" (LinearLR warm-up then CosineAnnealingLR) | "onecycle".
 _PHASE1_PAPER = {
