@@ -46,11 +46,12 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 def test_preset_model_options_per_architecture_yield_to_the_user_s():
     cpu = resolve("classification", "cpu", "nodule-hyperfusionnet")
-    # cpu preset: the global stream sees the mask
-    assert cpu["model_kwargs"] == {"global_channels": [1]}
+    # cpu preset: the global stream sees the mask, and the size plane (channel 7) feeds the size prior
+    assert cpu["model_kwargs"] == {"global_channels": [1], "size_channel": 7}
     assert "model_kwargs_by_arch" not in cpu                   # resolved, not carried along
     assert resolve("classification", "paper", "nodule-hyperfusionnet")["model_kwargs"] == {}
-    assert resolve("classification", "cpu", "nodulefusionnet-b0", {"size_input": True})["model_kwargs"] == {"size_channel": 7}
+    assert resolve("classification", "cpu", "nodulefusionnet-b0")["model_kwargs"] == {"size_channel": 7}
+    assert resolve("classification", "cpu", "nodulefusionnet-b0", {"size_input": False})["model_kwargs"] == {}
     mine = resolve("classification", "cpu", "nodule-hyperfusionnet",
                    {"model_kwargs.global_channels": [0], "model_kwargs.drop_rate": 0.1, "size_input": True})
     assert mine["model_kwargs"] == {"global_channels": [0], "drop_rate": 0.1, "size_channel": 7}
@@ -64,6 +65,7 @@ def test_size_input_fills_the_size_channel_of_the_fusion_models_only():
     assert timm_model["size_input"] is True and "size_channel" not in timm_model["model_kwargs"]  # one more plane
     on = resolve("classification", "cpu", "nodule-hyperfusionnet", {"size_input": True})
     assert on["model_kwargs"]["size_channel"] == 7
-    off = resolve("classification", "cpu", "nodule-hyperfusionnet")
+    assert resolve("classification", "cpu", "nodule-hyperfusionnet")["size_input"] is True  # the cpu preset
+    off = resolve("classification", "cpu", "nodule-hyperfusionnet", {"size_input": False})
     assert off["size_input"] is False and "size_channel" not in off["model_kwargs"]
     assert resolve("classification", "paper", "nodulefusionnet-v2")["size_input"] is False

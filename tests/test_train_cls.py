@@ -36,7 +36,8 @@ def seg_run(bench, tmp_path_factory) -> Path:
 
 def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     run = tmp_path / "cls"
-    # with the nodule_size plane, so that its training, validation and model.json are exercised
+    # with the nodule_size plane (the cpu preset has it), so that its training, validation and
+    # model.json are exercised
     summary = train_classifier(bench, ARCH, run, seg_run=seg_run, phase="both", epochs=2,
                                overrides={**CLS_TINY, "size_input": True})
     for name in ("config.yaml", "splits.json", "history.csv", "model.json", "summary.json",
@@ -102,7 +103,8 @@ def test_phase2_needs_complete_predicted_masks(bench, tmp_path):
 
 def test_phase1_only_resume_skips_the_finished_phase(bench, tmp_path):
     run = tmp_path / "cls"
-    core = {**CLS_TINY, "min_area_frac": 0.6}  # the fixture's middle nodule slice only (neighbours: 0.56)
+    # the fixture's middle nodule slice only (neighbours: 0.56); the paper's seven channels
+    core = {**CLS_TINY, "min_area_frac": 0.6, "size_input": False}
     first = train_classifier(bench, ARCH, run, phase="1", epochs=1, overrides=core)
     assert first["phase1"]["train_slices"] == first["phase1"]["train_patients"]
     assert first["phase1"]["val_slices"] == first["phase1"]["val_patients"]
@@ -114,6 +116,7 @@ def test_phase1_only_resume_skips_the_finished_phase(bench, tmp_path):
     info = json.loads((run / "model.json").read_text())
     assert info["phase"] == 1 and info["mask_source"] == "gt" and info["seg_run"] is None
     assert info["min_area_frac"] == 0.6   # evaluation and prediction score the same slices
+    assert info["in_channels"] == 7 and info["size_input"] is False
 
 
 def test_phase1_validates_on_predicted_masks_when_no_val_patient_has_a_voxel_mask(bench, seg_run, tmp_path):

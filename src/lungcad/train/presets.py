@@ -171,9 +171,11 @@ CLASSIFICATION = {
         # At 64 px the global image is ~5.5 mm per pixel and a nodule a pixel or two: the global stream
         # is given the global mask (location and size) instead. The paper preset keeps the image.
         "model_kwargs_by_arch": {"nodule-hyperfusionnet": {"global_channels": [1]}},
-        # Off: handing NoduleHyperFusionNet the measured diameter (size_input) gave no gain on the
-        # 357-patient synth benchmark (test AUC 0.77 against 0.79 without; README, Results).
-        "size_input": False,
+        # The measured size as an input: the fusion models start from a size prior fitted on the
+        # training slices (models/fusion.py). NoduleHyperFusionNet on two 357-patient synth benchmarks,
+        # test AUC 0.89 and 0.80 against 0.79 and 0.76 without it (README, Results); timm models
+        # read it as an eighth plane (not measured).
+        "size_input": True,
         "augmentation": "light",
         "weighted_sampler": True,
         # From random weights the encoder is never frozen (train/cls.py); with --pretrained or
