@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -114,6 +115,12 @@ def test_out_of_fold_masks_cover_every_slice_without_leakage(bench, tmp_path):
     areas = (run / "predicted_masks" / "areas.csv").read_text().splitlines()
     assert len(areas) == len(manifest) + 1
     assert summary["oof"]["folds"] == 2
+    # per model, the patients on whom it found nothing (from the areas it wrote)
+    table = pd.read_csv(run / "predicted_masks" / "areas.csv", dtype={"patient_id": str})
+    found = set(table.loc[table["area_px"] > 0, "patient_id"])
+    expected = {name: sum(1 for p, n in provenance["patients"].items() if n == name and p not in found)
+                for name in set(provenance["patients"].values())}
+    assert summary["oof"]["patients_without_predicted_nodule"] == expected
 
     # Resuming a finished run retrains nothing: the fold checkpoints stay untouched.
     fold_ckpt = run / "oof" / "fold-0" / "checkpoints" / "last.ckpt"
