@@ -67,7 +67,7 @@ def _check_channels(in_chans: int, groups: Sequence[Sequence[int]], model: str) 
 class SizePrior(nn.Module):
     """Malignancy logit from the ``size_channel`` plane alone: ``w * (v - centre) / scale + b``, ``(B, 1)``.
 
-    ``v`` is the plane's mean (it is constant). ``centre`` and ``scale`` are buffers (saved with the
+    ``v`` is the plane's value (it is constant). ``centre`` and ``scale`` are buffers (saved with the
     weights): by default the value's middle and spread over 5-30 mm nodules, refitted with the prior
     by ``set_prior``. Built with ``w = b = 0``, so an unfitted model ignores size until trained.
     """
@@ -82,8 +82,11 @@ class SizePrior(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        """The size value of each sample, ``(B, 1)``."""
-        return x[:, self.channel].mean(dim=(1, 2))[:, None]
+        """The size value of each sample, ``(B, 1)``: one pixel of the constant plane.
+
+        Not the plane's mean: float32 sums over thousands of pixels differ between torch and ONNX
+        Runtime by about 1e-5, which the prior's ``w / scale`` (about 10) would amplify."""
+        return x[:, self.channel, :1, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear((self.value(x) - self.centre) / self.scale)
