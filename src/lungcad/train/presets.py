@@ -172,9 +172,9 @@ CLASSIFICATION = {
         # is given the global mask (location and size) instead. The paper preset keeps the image.
         "model_kwargs_by_arch": {"nodule-hyperfusionnet": {"global_channels": [1]}},
         # The measured size as an input: the fusion models start from a size prior fitted on the
-        # training slices (models/fusion.py). NoduleHyperFusionNet on two 357-patient synth benchmarks,
-        # test AUC 0.89 and 0.80 against 0.79 and 0.76 without it (README, Results); timm models
-        # read it as an eighth plane (not measured).
+        # training slices (models/fusion.py). NoduleHyperFusionNet on three 357-patient synth
+        # benchmarks, test AUC 0.89, 0.80 and 0.71 against 0.79, 0.76 and 0.70 without a usable size
+        # input (README, Results); timm models read it as an eighth plane (not measured).
         "size_input": True,
         "augmentation": "light",
         "weighted_sampler": True,
