@@ -78,8 +78,7 @@ class SizePrior(nn.Module):
         self.register_buffer("centre", torch.tensor(0.4))
         self.register_buffer("scale", torch.tensor(0.1))
         self.linear = nn.Linear(1, 1)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        _zero_init(self.linear)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """The size value of each sample, ``(B, 1)``: one pixel of the constant plane.
@@ -113,7 +112,8 @@ def _size_prior(in_chans: int, size_channel: int | None, groups: Sequence[Sequen
 
 
 def _zero_init(layer: nn.Linear) -> None:
-    """With a size prior the image head starts at zero: the untrained model is the prior."""
+    """Zero weights and bias: an unfitted prior, or the image head beside a prior (the untrained
+    model is then the prior)."""
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
 

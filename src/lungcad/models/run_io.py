@@ -63,13 +63,17 @@ def load_run_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[torc
     if not weights.is_file():
         raise LungcadError(f"{weights}: missing weights file; the run did not finish an epoch")
     model = build_from_model_json(info)
-    state = load_file(str(weights), device=map_location)
+    _load_state(model, load_file(str(weights), device=map_location), weights, info)
+    return model.eval(), info
+
+
+def _load_state(model: torch.nn.Module, state: dict, source: Path, info: dict) -> None:
+    """Load ``state`` (read from ``source``) into the model that ``info`` (model.json) describes."""
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # e.g. weights of another lungcad version of the same architecture
-        raise LungcadError(f"{weights}: weights do not fit {info.get('arch')} as model.json describes it "
+        raise LungcadError(f"{source}: weights do not fit {info.get('arch')} as model.json describes it "
                            f"(trained with another lungcad version?): {exc}") from exc
-    return model.eval(), info
 
 
 # Provenance that stays true for the last-epoch model (predicted_masks.json does not: those masks
@@ -112,10 +116,7 @@ def snapshot_last_epoch(run_dir: str | Path, out_dir: str | Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same clear message
         raise LungcadError(f"{path}: not a readable lungcad training checkpoint ({exc})") from exc
     model = build_from_model_json(info)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise LungcadError(f"{path}: weights do not fit {info.get('arch')} as model.json describes it ({exc})") from exc
+    _load_state(model, state, path, info)
     new_info = {key: value for key, value in info.items() if key not in ("schema", "lungcad_version")}
     new_info["weights_from"] = {"run": str(run_dir.resolve()), "checkpoint": str(path.relative_to(run_dir)),
                                 "epoch": int(ckpt.get("epoch", -1)) + 1}
