@@ -17,6 +17,7 @@ from lungcad.data import read_manifest
 from lungcad.errors import LungcadError
 from lungcad.models import create_segmenter, load_run_model
 from lungcad.train import train_segmenter
+from lungcad.train.oof import inner_split
 
 # Tiny and fast: 64-pixel slices, the small LightUNet, whole slices (no crop), light augmentation.
 TINY = {"image_size": 64, "train_crop": None, "batch_size": 4, "val_batch_size": 8, "oof_epochs": 1}
@@ -121,6 +122,13 @@ def test_out_of_fold_masks_cover_every_slice_without_leakage(bench, tmp_path):
     expected = {name: sum(1 for p, n in provenance["patients"].items() if n == name and p not in found)
                 for name in set(provenance["patients"].values())}
     assert summary["oof"]["patients_without_predicted_nodule"] == expected
+    # Fold models pick their epoch on an inner split of their own training patients, never on the
+    # held-out fold; the held-out Dice is measured on the masks written for that fold.
+    for name, fold in summary["oof"]["fold_models"].items():
+        model = provenance["models"][name]
+        assert model["validated_on"] and not set(model["validated_on"]) & set(model["trained_on"])
+        assert not set(model["validated_on"]) & set(model["held_out"])
+        assert 0.0 <= fold["held_out_dice"] <= 1.0 and fold["best_epoch"] >= 1
 
     # Resuming a finished run retrains nothing: the fold checkpoints stay untouched.
     fold_ckpt = run / "oof" / "fold-0" / "checkpoints" / "last.ckpt"
@@ -169,3 +177,12 @@ def test_last_epoch_snapshot_is_a_run_with_the_last_checkpoint_weights(bench, tm
     assert main(["last-epoch", str(run), "--out", str(tmp_path / "other")]) == 2
     assert "last.ckpt: missing training checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_inner_split_holds_out_a_fifth_of_the_fold_patients():
+    patients = [f"p{i:02d}" for i in range(10)]
+    train, val = inner_split(patients + patients[:3], seed=1)  # duplicates count once
+    assert len(val) == 2 and sorted(train + val) == patients and not set(train) & set(val)
+    assert inner_split(patients, seed=1) == (train, val)  # seeded
+    assert inner_split(patients, seed=2) != (train, val)
+    assert inner_split(["only"], seed=0) == (["only"], ["only"])
