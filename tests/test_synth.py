@@ -337,3 +337,19 @@ def test_nbia_folder_names_and_metadata_locations(tree):
             assert study.endswith(r["Study UID"][-5:]) and series.endswith(r["Series UID"][-5:])
             assert re.fullmatch(r"\d+\.000000-.+-\d{5}", series)
             assert r["Collection"] == coll
+
+
+def test_reader_outline_keeps_parts_touching_the_body_on_each_slice():
+    from lungcad.synth.phantom import reader_outline
+
+    mask = np.zeros((3, 12, 12), bool)
+    body = np.zeros_like(mask)
+    mask[0, 2:6, 2:6] = body[0, 3:5, 3:5] = True  # body slice: the nodule ...
+    mask[0, 5:7, 6:9] = True  # ... with a spicule attached in-plane (kept)
+    mask[0, 9:11, 9:11] = True  # and a fragment cut off in-plane (dropped)
+    mask[1, 4:6, 4:6] = True  # a spicule's cross-section above the body (dropped)
+    out = reader_outline(mask, body)
+    expected = np.zeros_like(mask)
+    expected[0, 2:6, 2:6] = expected[0, 5:7, 6:9] = True
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(reader_outline(mask, mask), mask)  # no spicules: unchanged

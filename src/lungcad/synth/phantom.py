@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 HU_MIN, HU_MAX = -1024, 3071  # storable range of 12-bit CT with intercept -1024
 SHAPES = ("smooth", "lobulated", "spiculated")
@@ -50,7 +51,7 @@ class Phantom:
     """A synthetic CT: HU volume, nodule label map and geometry (identity direction)."""
 
     hu: np.ndarray  # (z, y, x) int16
-    label: np.ndarray  # (z, y, x) uint8, NoduleSpec.id per voxel, 0 = background
+    label: np.ndarray  # (z, y, x) uint8, NoduleSpec.id per voxel as a reader outlines it (reader_outline)
     nodules: list[NoduleSpec]
     spacing: tuple[float, float, float]  # (x, y, z) mm
     origin: tuple[float, float, float]  # (x, y, z) world mm of voxel (0, 0, 0)
@@ -334,6 +335,7 @@ def _render_nodule(rng, hu, label, spec: NoduleSpec, spacing, origin):
     radius = np.ones_like(dist)
     for v, amp in zip(lobes, lobe_amp):
         radius += amp * np.clip(u @ v, 0, None) ** 4
+    body = radius * r0  # the nodule without its spicules
     for v, ln in zip(spikes[:n_spk], spike_len[:n_spk]):
         radius += ln * np.clip(u @ v, 0, None) ** 120
     radius *= r0
@@ -353,7 +355,24 @@ def _render_nodule(rng, hu, label, spec: NoduleSpec, spacing, origin):
     sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
     block = hu[sl].astype(np.float32)
     hu[sl] = np.round(block * (1 - weight) + value * weight).astype(hu.dtype)
-    label[sl] = np.where(weight >= 0.5, np.uint8(spec.id), label[sl])
+    outline = reader_outline(weight >= 0.5, dist <= body)
+    label[sl] = np.where(outline, np.uint8(spec.id), label[sl])
+
+
+def reader_outline(mask: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """What a reader outlines of a nodule ``mask`` (z, y, x): on each slice, the in-plane connected
+    parts that touch the nodule ``body``.
+
+    Readers contour the nodule slice by slice. A spicule's cross-section on a slice above or below
+    the body, or cut off from it in-plane, is a strand of tissue, not part of an outline; it stays in
+    the image. Shapes without spicules are unchanged (their mask is their body).
+    """
+    out = np.zeros_like(mask)
+    for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
+        parts, _ = ndimage.label(mask[k], structure=np.ones((3, 3), bool))
+        touching = np.unique(parts[body[k] & mask[k]])
+        out[k] = np.isin(parts, touching[touching > 0])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
