@@ -128,6 +128,11 @@ def test_segmentation_run_predicting_nothing(bench, tmp_path):
     # every nodule slice is in a size class, each fully missed
     assert sum(v["n_slices"] for v in test["by_size"].values()) == test["n_nodule_slices"]
     assert all(v["missed"] == 1.0 and v["dice_nodule"] == 0.0 for v in test["by_size"].values())
+    assert m["tta"] == "none"  # model.json without the key: one pass
+    # --tta replaces the run's test-time augmentation and is recorded (a constant model: same figures)
+    flipped = evaluate_run(run, split="test", out=out, progress=False, quiet=True, n_boot=20, tta="flip")
+    assert flipped["tta"] == "flip" and flipped["results"]["test"]["dice_nodule"] == 0.0
+    assert "Test-time augmentation: flip." in out.with_suffix(".md").read_text()
     assert list(m["results"]) == ["test"]
 
 

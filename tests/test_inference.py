@@ -222,3 +222,34 @@ def test_wrong_task_and_bad_options_are_clear_errors(seg_run, cls_run, tmp_path)
         SliceSegmenter.from_run(seg_run, backend="onnx", precision="bf16")
     with pytest.raises(LungcadError, match="model.json"):
         SliceSegmenter.from_run(tmp_path)
+
+
+def test_flip_tta_averages_the_mirror_images():
+    """With ``tta="flip"`` the probabilities are the mean over the four mirror images, so they are
+    equivariant under those flips; one pass of an untrained model is not."""
+    from lungcad.inference import SliceSegmenter, check_tta
+    from lungcad.models import create_segmenter
+
+    torch.manual_seed(0)
+    model = create_segmenter("lightunet", in_channels=1).eval()
+
+    def runner(batch):
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch)).numpy()
+
+    info = {"task": "segmentation", "image_size": 64, "in_channels": 1, "threshold": 0.5}
+    plain = SliceSegmenter(runner, info)
+    assert plain.tta == "none"
+    flip = plain.with_tta("flip")
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64)).astype(np.uint8)
+    mirrored = np.ascontiguousarray(images[:, ::-1, :])
+    p, pm = flip.predict_proba(images), flip.predict_proba(mirrored)
+    np.testing.assert_allclose(pm[:, ::-1, :], p, atol=1e-5)
+    assert np.abs(plain.predict_proba(mirrored)[:, ::-1, :] - plain.predict_proba(images)).max() > 1e-3
+    # the mean of the four single passes, by hand
+    mean = sum(np.flip(plain.predict_proba(np.ascontiguousarray(np.flip(images, a))), a)
+               for a in ((), (2,), (1,), (1, 2))) / 4
+    np.testing.assert_allclose(p, mean, atol=1e-5)
+    assert plain.with_tta(None) is plain
+    with pytest.raises(LungcadError, match="unknown test-time augmentation"):
+        check_tta("rotate")

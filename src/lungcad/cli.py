@@ -109,7 +109,8 @@ def cmd_evaluate(a):
         result = compare_runs(Path(a.run), Path(a.compare), bench=a.bench, split=a.split)
         print(json.dumps(result, indent=2, default=str))
         return
-    evaluate_run(Path(a.run), bench=a.bench, split=a.split, seg_run=a.seg_run, out=a.out, device=a.device)
+    evaluate_run(Path(a.run), bench=a.bench, split=a.split, seg_run=a.seg_run, out=a.out, device=a.device,
+                 tta=a.tta)
 
 
 def cmd_leaderboard(a):
@@ -119,12 +120,13 @@ def cmd_leaderboard(a):
 
 
 def cmd_predict(a):
-    from .predict import predict_inputs
+    from .predict import PredictOptions, predict_inputs
 
     formats = tuple(f.strip() for f in a.format.split(",") if f.strip())
     results = predict_inputs([Path(p) for p in a.inputs], seg_run=Path(a.seg_run),
                              cls_run=Path(a.cls_run) if a.cls_run else None, out_dir=Path(a.out), formats=formats,
-                             backend=a.backend, device=a.device, progress=not a.quiet)
+                             backend=a.backend, device=a.device, progress=not a.quiet,
+                             options=PredictOptions(tta=a.tta))
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:
         if r.get("status") == "ok":
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", type=Path, default=None, help="second classification run: DeLong test between the two")
     s.add_argument("--out", type=Path, default=None, help="metrics file (default RUN/metrics.json)")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--tta", choices=("flip", "none"), default=None,
+                   help="segmentation test-time augmentation (default: the segmentation run's model.json)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("leaderboard", help="paper-style Markdown tables (Table 6 / Table 7) for evaluated runs")
@@ -251,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--tta", choices=("flip", "none"), default=None,
+                   help="segmentation test-time augmentation (default: the segmentation run's model.json)")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export-onnx", help="export a run's model to ONNX (checked against torch)")

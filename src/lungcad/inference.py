@@ -13,15 +13,15 @@ the network:
   run's weights when the inferer is built.
 
 Segmentation pre-processing matches training: the uint8 lung-window slice is resized to the
-model's ``image_size`` (bilinear), scaled to [0, 1], run, passed through a sigmoid and resized
-back (bilinear) to the input size.
+model's ``image_size`` (bilinear), scaled to [0, 1], run, passed through a sigmoid (averaged over
+the mirror images when the run's ``tta`` is ``"flip"``) and resized back (bilinear) to the input size.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -141,6 +141,17 @@ def _snap_box(box: tuple[int, int, int, int], size: int) -> tuple[int, int, int,
     return tuple(out)
 
 
+# Test-time augmentation: the mirror images averaged (torch.flip dims of a (B, C, H, W) batch).
+TTA_FLIPS = {"none": ((),), "flip": ((), (3,), (2,), (2, 3))}
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` when it names a test-time augmentation, else a clear error."""
+    if tta not in TTA_FLIPS:
+        raise LungcadError(f"unknown test-time augmentation {tta!r} (choose from {', '.join(TTA_FLIPS)})")
+    return tta
+
+
 @dataclass
 class _RunInferer:
     """A model from a run folder, loaded once, behind a numpy-in numpy-out runner (torch or ONNX)."""
@@ -183,6 +194,19 @@ class SliceSegmenter(_RunInferer):
         """Neighbours on each side in the 2.5D input (model.json ``context_slices``; 0 = one slice)."""
         return int(self.model_json.get("context_slices", 0))
 
+    @property
+    def tta(self) -> str:
+        """Test-time augmentation (model.json ``tta``): ``"flip"`` averages the probabilities of the
+        slice and its three mirror images (left-right, up-down, both), as nnU-Net's mirroring does;
+        ``"none"`` (runs without the key) one pass."""
+        return check_tta(self.model_json.get("tta", "none"))
+
+    def with_tta(self, tta: str | None) -> "SliceSegmenter":
+        """This segmenter with its test-time augmentation replaced (``None``: unchanged)."""
+        if tta is None:
+            return self
+        return replace(self, model_json={**self.model_json, "tta": check_tta(tta)})
+
     def predict_proba(self, images_u8: np.ndarray,
                       roi: tuple[int, int, int, int] | None = None, indices=None) -> np.ndarray:
         """Foreground probability of each pixel: (N, H, W) uint8 -> (M, H, W) float32 in [0, 1].
@@ -215,14 +239,25 @@ class SliceSegmenter(_RunInferer):
                 x = x[:, :, box[0]:box[1], box[2]:box[3]]
             if x.shape[1] != self.in_channels:
                 x = x.expand(-1, self.in_channels, -1, -1)  # a 1-slice model built with 3 input channels
-            logits = torch.from_numpy(self.runner(x.contiguous().numpy()))
-            proba = torch.sigmoid(logits.reshape(x.shape[0], 1, *x.shape[-2:]))
+            proba = self._proba(x)
             if box is not None:
                 canvas = torch.zeros((x.shape[0], 1, size, size))
                 canvas[:, :, box[0]:box[1], box[2]:box[3]] = proba
                 proba = canvas
             out[start:start + len(chunk)] = _resize(proba, (height, width))[:, 0].numpy()
         return np.clip(out, 0.0, 1.0, out=out)
+
+    def _proba(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) model input -> (B, 1, H, W) probabilities, averaged over the TTA mirrors."""
+        flips = TTA_FLIPS[self.tta]
+        total = None
+        for dims in flips:
+            xf = torch.flip(x, dims) if dims else x
+            logits = torch.from_numpy(self.runner(xf.contiguous().numpy()))
+            proba = torch.sigmoid(logits.reshape(x.shape[0], 1, *x.shape[-2:]))
+            proba = torch.flip(proba, dims) if dims else proba
+            total = proba if total is None else total + proba
+        return total / len(flips)
 
     def predict_masks(self, images_u8: np.ndarray,
                       roi: tuple[int, int, int, int] | None = None, indices=None) -> np.ndarray:

@@ -67,6 +67,7 @@ class PredictOptions:
     min_voxels: int = 10
     min_diameter_mm: float = 3.0
     batch_size: int = 8
+    tta: str | None = None  # test-time augmentation: "flip" | "none"; None = the segmentation run's
 
 
 @dataclass
@@ -356,7 +357,7 @@ class Predictor:
         options = options or PredictOptions()
         segmenter = SliceSegmenter.from_run(seg_run, device=device, backend=backend,
                                             precision=precision, batch_size=options.batch_size,
-                                            threads=threads)
+                                            threads=threads).with_tta(options.tta)
         classifier = None
         if cls_run is not None:
             classifier = SliceClassifier.from_run(cls_run, device=device, backend=backend,
@@ -369,7 +370,7 @@ class Predictor:
         info = {
             "segmentation": {"run": self.runs.get("seg_run"), "arch": self.segmenter.model_json.get("arch"),
                              "image_size": self.segmenter.image_size,
-                             "threshold": self.segmenter.threshold},
+                             "threshold": self.segmenter.threshold, "tta": self.segmenter.tta},
             "classification": None,
             "backend": self.segmenter.backend,
             "precision": self.segmenter.precision,
