@@ -41,7 +41,8 @@ def test_two_process_ddp_run_validates_every_slice_once(tmp_path):
     # on the same patients: every validation slice counted once, the padded repeat dropped.
     from lungcad.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, split="val", progress=False, quiet=True, n_boot=10)
+    # (one pass, as validation during training: the cpu preset's flip TTA is for evaluate/predict)
+    metrics = evaluate_run(run, split="val", progress=False, quiet=True, n_boot=10, tta="none")
     val = metrics["results"]["val"]
     assert 0.0 < val["dice_nodule"] < 1.0
     assert float(row["val_dice"]) == pytest.approx(val["dice_nodule"], rel=1e-5)
