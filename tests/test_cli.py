@@ -16,6 +16,15 @@ def test_cli_lists_exactly_the_registered_architectures():
     assert set(CLS_ARCHS) == set(CLASSIFIERS)
 
 
+def test_cli_tta_choices_are_the_inferer_s():
+    from lungcad.inference import TTA_FLIPS
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    for name in ("evaluate", "predict"):
+        (option,) = [a for a in commands[name]._actions if a.dest == "tta"]  # noqa: SLF001
+        assert set(option.choices) == set(TTA_FLIPS) and option.default is None
+
+
 def test_every_command_has_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public accessor

@@ -29,8 +29,8 @@ import pandas as pd
 
 from ..data import predicted_mask_path, read_manifest, read_png
 from ..errors import LungcadError
-from ..metrics import dice
 from ..io import atomic_path
+from ..metrics import dice
 from .engine import write_json
 
 PROVENANCE = "predicted_masks.json"
