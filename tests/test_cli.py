@@ -23,6 +23,8 @@ def test_cli_tta_choices_are_the_inferer_s():
     for name in ("evaluate", "predict"):
         (option,) = [a for a in commands[name]._actions if a.dest == "tta"]  # noqa: SLF001
         assert set(option.choices) == set(TTA_FLIPS) and option.default is None
+        (peak,) = [a for a in commands[name]._actions if a.dest == "min_peak"]  # noqa: SLF001
+        assert peak.type is float and peak.default is None
 
 
 def test_every_command_has_help(capsys):

@@ -113,6 +113,15 @@ def test_segmentation_run_all_foreground(bench, tmp_path):
     assert "| **test** |" in (run / "metrics.md").read_text().split("Cross-section")[1]
     assert m["results"]["val"]["n_patients"] == 1 and "train" in m["results"]
     assert m["test_dice_all"] == pytest.approx(test["dice_all"])
+    assert m["min_component_peak"] is None  # model.json without the key: no component filter
+    # --min-peak: every component of this constant-0.5 model peaks at 0.5
+    out = tmp_path / "peak" / "m.json"
+    same = evaluate_run(run, split="test", out=out, progress=False, quiet=True, n_boot=20, min_peak=0.5)
+    assert same["results"]["test"]["dice_nodule"] == pytest.approx(test["dice_nodule"])
+    gone = evaluate_run(run, split="test", out=out, progress=False, quiet=True, n_boot=20, min_peak=0.9)
+    assert gone["min_component_peak"] == 0.9
+    assert gone["results"]["test"]["dice_nodule"] == 0.0 and gone["results"]["test"]["fp_rate_empty"] == 0.0
+    assert "peak probability below 0.9 removed" in out.with_suffix(".md").read_text()
 
 
 def test_segmentation_run_predicting_nothing(bench, tmp_path):

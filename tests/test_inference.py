@@ -253,3 +253,53 @@ def test_flip_tta_averages_the_mirror_images():
     assert plain.with_tta(None) is plain
     with pytest.raises(LungcadError, match="unknown test-time augmentation"):
         check_tta("rotate")
+
+
+def test_drop_faint_components_keeps_components_that_reach_the_peak():
+    """A 3D component survives when its highest probability reaches ``min_peak``; voxels that touch
+    only by a corner across slices are one component (26-connectivity)."""
+    from lungcad.inference import check_min_peak, drop_faint_components
+
+    proba = np.zeros((3, 8, 8), np.float32)
+    proba[0, 1, 1], proba[1, 2, 2] = 0.95, 0.6   # one nodule: corner contact across slices
+    proba[2, 5:7, 5:7] = 0.7                       # a faint blob: never above 0.7
+    mask = proba >= 0.5
+    kept = drop_faint_components(mask, proba, 0.8)
+    assert kept[0, 1, 1] and kept[1, 2, 2]         # the 0.6 voxel belongs to the 0.95 component
+    assert not kept[2].any()
+    assert kept.sum() == 2
+    np.testing.assert_array_equal(drop_faint_components(mask, proba, 0.7), mask)  # the peak itself counts
+    for off in (None, 0, 0.0):
+        np.testing.assert_array_equal(drop_faint_components(mask, proba, off), mask)
+    assert not drop_faint_components(np.zeros_like(mask), proba, 0.8).any()
+    assert check_min_peak(None) is None and check_min_peak("0.8") == 0.8
+    for bad in (1.5, -0.1, "high"):
+        with pytest.raises(LungcadError, match="min_component_peak"):
+            check_min_peak(bad)
+
+
+def test_series_masks_filter_components_across_chunks():
+    """``predict_series_masks`` filters whole-series components, also when a component crosses the
+    border between two chunks; the model.json key and ``with_options`` set the filter."""
+    # A runner whose logits are the input itself: probability = sigmoid(pixel / 255 scaled).
+    def runner(batch):
+        return np.log(batch / (1 - batch + 1e-6) + 1e-6)  # logit of the pixel value in [0, 1]
+
+    info = {"task": "segmentation", "image_size": 16, "in_channels": 1, "threshold": 0.5}
+    images = np.zeros((6, 16, 16), np.uint8)
+    images[1:5, 4:8, 4:8] = 153   # p = 0.6 on slices 1-4 ...
+    images[4, 5:7, 5:7] = 242     # ... peaking at 0.95 on slice 4, in the second chunk of 3
+    images[1, 11:14, 11:14] = 166  # a separate faint blob, p = 0.65
+    plain = SliceSegmenter(runner, info)
+    assert plain.min_component_peak is None
+    filtered = plain.with_options(min_component_peak=0.9)
+    assert filtered.min_component_peak == 0.9 and plain.with_options() is plain
+    raw = np.stack(plain.predict_series_masks(list(images), chunk=3))
+    kept = np.stack(filtered.predict_series_masks(list(images), chunk=3))
+    assert raw[1, 12, 12] and not kept[1, 12, 12]           # the faint blob goes
+    np.testing.assert_array_equal(kept[1:5, 4:8, 4:8], raw[1:5, 4:8, 4:8])  # the nodule stays whole
+    assert kept[1:5, 4:8, 4:8].all() and kept.sum() == 4 * 16
+    again = SliceSegmenter(runner, {**info, "min_component_peak": 0.9})
+    np.testing.assert_array_equal(np.stack(again.predict_series_masks(list(images), chunk=3)), kept)
+    np.testing.assert_array_equal(np.stack(filtered.with_options(min_component_peak=0).predict_series_masks(
+        list(images), chunk=3)), raw)

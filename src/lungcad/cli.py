@@ -33,10 +33,13 @@ def _source(text: str) -> tuple[str, Path]:
 
 
 def _tta_option(parser: argparse.ArgumentParser) -> None:
-    """``--tta`` of evaluate and predict. The choices are inference.TTA_FLIPS's keys, written out
-    here so that building the parser does not import torch."""
+    """``--tta`` and ``--min-peak`` of evaluate and predict. The choices are inference.TTA_FLIPS's
+    keys, written out here so that building the parser does not import torch."""
     parser.add_argument("--tta", choices=("flip", "none"), default=None,
                         help="segmentation test-time augmentation (default: the segmentation run's model.json)")
+    parser.add_argument("--min-peak", type=float, default=None, metavar="P",
+                        help="drop predicted 3D components whose highest probability is below P; 0 keeps all "
+                             "(default: min_component_peak of the segmentation run's model.json)")
 
 
 def _overrides(pairs: list[str] | None) -> dict:
@@ -117,7 +120,7 @@ def cmd_evaluate(a):
         print(json.dumps(result, indent=2, default=str))
         return
     evaluate_run(Path(a.run), bench=a.bench, split=a.split, seg_run=a.seg_run, out=a.out, device=a.device,
-                 tta=a.tta)
+                 tta=a.tta, min_peak=a.min_peak)
 
 
 def cmd_leaderboard(a):
@@ -133,7 +136,7 @@ def cmd_predict(a):
     results = predict_inputs([Path(p) for p in a.inputs], seg_run=Path(a.seg_run),
                              cls_run=Path(a.cls_run) if a.cls_run else None, out_dir=Path(a.out), formats=formats,
                              backend=a.backend, device=a.device, progress=not a.quiet,
-                             options=PredictOptions(tta=a.tta))
+                             options=PredictOptions(tta=a.tta, min_component_peak=a.min_peak))
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:
         if r.get("status") == "ok":

@@ -215,11 +215,12 @@ def segmentation_report(slices: pd.DataFrame, n_boot: int = 2000) -> dict:
 
 
 def _evaluate_segmentation(run: Path, bench: Path, manifest, splits, names, device, progress, n_boot,
-                           tta=None) -> tuple[dict, str]:
-    """Per-split segmentation reports, and the test-time augmentation they were predicted with."""
+                           tta=None, min_peak=None) -> tuple[dict, "SliceSegmenter"]:
+    """Per-split segmentation reports, and the segmenter (its test-time augmentation and component
+    filter) they were predicted with."""
     from .inference import SliceSegmenter
 
-    segmenter = SliceSegmenter.from_run(run, device=device).with_tta(tta)
+    segmenter = SliceSegmenter.from_run(run, device=device).with_options(tta, min_peak)
     results = {}
     for split in names:
         rows = segmentation_rows(manifest, splits, split)
@@ -227,7 +228,7 @@ def _evaluate_segmentation(run: Path, bench: Path, manifest, splits, names, devi
             results[split] = {"n_slices": 0, "note": "no slice with a mask in this split"}
             continue
         results[split] = segmentation_report(predict_overlaps(segmenter, bench, rows, progress), n_boot)
-    return results, segmenter.tta
+    return results, segmenter
 
 
 # --------------------------------------------------------------------------- classification
@@ -496,14 +497,15 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
 
 
 def _evaluate_classification(run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot,
-                             tta=None):
+                             tta=None, min_peak=None):
     from .inference import SliceClassifier, SliceSegmenter
 
     classifier = SliceClassifier.from_run(run, device=device)
     seg_path = _resolve_seg_run(info, seg_run)
     segmenter = None
     if seg_path:
-        segmenter = StoredMasks.from_run(seg_path) or LiveMasks(SliceSegmenter.from_run(seg_path, device=device).with_tta(tta))
+        segmenter = StoredMasks.from_run(seg_path) or LiveMasks(
+            SliceSegmenter.from_run(seg_path, device=device).with_options(tta, min_peak))
     results, predictions = {}, []
     for split in names:
         results[split], frame = classify_split(bench, manifest, splits, split, classifier, segmenter,
@@ -547,7 +549,9 @@ def metrics_markdown(metrics: dict) -> str:
     """A readable Markdown rendering of ``metrics.json``."""
     lines = [f"# Evaluation of {metrics['run']} ({metrics['arch']}, {metrics['task']})", "",
              f"Benchmark: `{metrics['bench']}`. 95% intervals in brackets."
-             + (f" Test-time augmentation: {metrics['tta']}." if metrics.get("tta") else ""), ""]
+             + (f" Test-time augmentation: {metrics['tta']}." if metrics.get("tta") else "")
+             + (f" 3D components with a peak probability below {metrics['min_component_peak']} removed."
+                if metrics.get("min_component_peak") else ""), ""]
     if metrics["task"] == "segmentation":
         header = ["Split / dataset", "Patients", "Slices", "Dice (nodule slices)", "IoU (nodule slices)",
                   "Dice (all slices)", "IoU (all)", "FP rate (empty slices)", "3D Dice"]
@@ -638,12 +642,14 @@ def _headline_scalars(task: str, results: dict) -> dict:
 
 
 def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, device: str = "cpu",
-                 progress: bool = True, n_boot: int = 2000, quiet: bool = False, tta: str | None = None) -> dict:
+                 progress: bool = True, n_boot: int = 2000, quiet: bool = False, tta: str | None = None,
+                 min_peak: float | None = None) -> dict:
     """Evaluate the run folder ``run`` on ``split`` (train, val, test, or all = each reported).
 
     ``tta`` replaces the segmentation test-time augmentation of the run's ``model.json`` (a
     segmentation run, or the live segmenter of a classification run; stored predicted masks keep
-    the augmentation they were written with).
+    the augmentation they were written with). ``min_peak`` likewise replaces its component filter
+    (``min_component_peak``; 0 turns it off).
 
     Writes ``metrics.json`` (``RUN/metrics.json`` or ``out``), ``metrics.md`` and
     ``predictions.csv`` beside it, and figures under ``RUN/figures``; prints the Markdown table
@@ -665,13 +671,14 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
                "split": split, "splits_unit": splits.get("unit", "patient"), "lungcad_version": __version__}
     predictions = None
     if task == "segmentation":
-        results, metrics["tta"] = _evaluate_segmentation(run, bench, manifest, splits, names, device, progress,
-                                                         n_boot, tta)
+        results, segmenter = _evaluate_segmentation(run, bench, manifest, splits, names, device, progress,
+                                                    n_boot, tta, min_peak)
+        metrics["tta"], metrics["min_component_peak"] = segmenter.tta, segmenter.min_component_peak
         figures = _segmentation_figures(run, results)
         metrics["threshold"] = info.get("threshold", 0.5)
     else:
         results, predictions, seg_path = _evaluate_classification(
-            run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot, tta)
+            run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot, tta, min_peak)
         metrics["seg_run"] = str(seg_path) if seg_path else None
         if seg_path is None:
             recorded = info.get("seg_run")

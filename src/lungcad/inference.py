@@ -15,6 +15,8 @@ the network:
 Segmentation pre-processing matches training: the uint8 lung-window slice is resized to the
 model's ``image_size`` (bilinear), scaled to [0, 1], run, passed through a sigmoid (averaged over
 the mirror images when the run's ``tta`` is ``"flip"``) and resized back (bilinear) to the input size.
+A series' mask is the probability at or above the run's ``threshold``, less the 3D components whose
+highest probability stays under the run's ``min_component_peak`` (``drop_faint_components``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from .errors import LungcadError
 from .features import FEATURES_VERSION
@@ -145,6 +148,36 @@ def _snap_box(box: tuple[int, int, int, int], size: int) -> tuple[int, int, int,
 TTA_FLIPS = {"none": ((),), "flip": ((), (3,), (2,), (2, 3))}
 
 
+def drop_faint_components(mask: np.ndarray, proba: np.ndarray, min_peak: float | None) -> np.ndarray:
+    """``mask`` without its 3D components (26-connected) whose highest ``proba`` is below ``min_peak``.
+
+    A vessel seen end-on or a patch of noise tends to pass the threshold by a little on a few
+    slices, a nodule to be nearly certain somewhere (nnU-Net likewise cleans up connected components
+    after thresholding). ``None`` or 0 keeps every component. A stack of 2D slices of one series is
+    a volume here, so a nodule that spans slices is one component.
+    """
+    mask = np.asarray(mask, bool)
+    if not min_peak or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+    peaks = ndimage.maximum(proba, labels, np.arange(1, count + 1))
+    keep = np.concatenate([[False], np.asarray(peaks) >= min_peak])
+    return keep[labels]
+
+
+def check_min_peak(value) -> float | None:
+    """``value`` as a peak probability in [0, 1] (``None`` stays ``None``), else a clear error."""
+    if value is None:
+        return None
+    try:
+        peak = float(value)
+    except (TypeError, ValueError):
+        peak = float("nan")
+    if not 0.0 <= peak <= 1.0:
+        raise LungcadError(f"min_component_peak must be a probability in [0, 1], got {value!r}")
+    return peak
+
+
 def check_tta(tta: str) -> str:
     """``tta`` when it names a test-time augmentation, else a clear error."""
     if tta not in TTA_FLIPS:
@@ -201,11 +234,25 @@ class SliceSegmenter(_RunInferer):
         ``"none"`` (runs without the key) one pass."""
         return check_tta(self.model_json.get("tta", "none"))
 
+    @property
+    def min_component_peak(self) -> float | None:
+        """3D components of a series' mask whose highest probability is below this are dropped
+        (model.json ``min_component_peak``; ``None``, as in runs without the key, keeps them all)."""
+        return check_min_peak(self.model_json.get("min_component_peak"))
+
+    def with_options(self, tta: str | None = None, min_component_peak: float | None = None) -> "SliceSegmenter":
+        """This segmenter with its test-time augmentation and/or component filter replaced
+        (``None``: unchanged; ``min_component_peak=0`` turns the filter off)."""
+        changes = {}
+        if tta is not None:
+            changes["tta"] = check_tta(tta)
+        if min_component_peak is not None:
+            changes["min_component_peak"] = check_min_peak(min_component_peak)
+        return replace(self, model_json={**self.model_json, **changes}) if changes else self
+
     def with_tta(self, tta: str | None) -> "SliceSegmenter":
         """This segmenter with its test-time augmentation replaced (``None``: unchanged)."""
-        if tta is None:
-            return self
-        return replace(self, model_json={**self.model_json, "tta": check_tta(tta)})
+        return self.with_options(tta=tta)
 
     def predict_proba(self, images_u8: np.ndarray,
                       roi: tuple[int, int, int, int] | None = None, indices=None) -> np.ndarray:
@@ -261,14 +308,22 @@ class SliceSegmenter(_RunInferer):
 
     def predict_masks(self, images_u8: np.ndarray,
                       roi: tuple[int, int, int, int] | None = None, indices=None) -> np.ndarray:
-        """Binary nodule masks: probability >= the run's ``threshold`` (model.json)."""
+        """Binary nodule masks of single slices: probability >= the run's ``threshold`` (model.json).
+        No component filter: that needs the whole series (``masks_from_proba``)."""
         return self.predict_proba(images_u8, roi=roi, indices=indices) >= self.threshold
+
+    def masks_from_proba(self, proba: np.ndarray) -> np.ndarray:
+        """The binary mask of a series' probability volume (z, y, x): the threshold, then
+        ``drop_faint_components`` with the run's ``min_component_peak``."""
+        return drop_faint_components(proba >= self.threshold, proba, self.min_component_peak)
 
     def predict_series_masks(self, images: list[np.ndarray], chunk: int = 32) -> list[np.ndarray]:
         """Binary masks of one series' slices, given as a list in slice order (sizes may differ).
 
-        Slices of one size form one stack, so a 2.5D model reads its neighbours across the borders
-        of the ``chunk``-slice calls that bound memory on long series.
+        Slices of one size form one stack, so a 2.5D model reads its neighbours, and the component
+        filter sees whole nodules, across the borders of the ``chunk``-slice calls that bound
+        memory on long series (between calls only the mask and, inside it, the probability in
+        float16 are kept: 3 bytes a pixel).
         """
         out: list[np.ndarray | None] = [None] * len(images)
         by_shape: dict[tuple, list[int]] = {}
@@ -276,11 +331,16 @@ class SliceSegmenter(_RunInferer):
             by_shape.setdefault(np.shape(image), []).append(i)
         for positions in by_shape.values():
             stack = np.stack([images[i] for i in positions])
+            masks = np.zeros(stack.shape, bool)
+            peaks = np.zeros(stack.shape, np.float16)
             for start in range(0, len(positions), chunk):
-                part = positions[start:start + chunk]
-                masks = self.predict_masks(stack, indices=np.arange(start, start + len(part)))
-                for i, mask in zip(part, masks):
-                    out[i] = mask
+                rows = slice(start, start + chunk)
+                proba = self.predict_proba(stack, indices=np.arange(start, min(start + chunk, len(positions))))
+                masks[rows] = proba >= self.threshold
+                peaks[rows] = np.where(masks[rows], proba, 0)
+            masks = drop_faint_components(masks, peaks, self.min_component_peak)
+            for i, mask in zip(positions, masks):
+                out[i] = mask
         return out
 
 

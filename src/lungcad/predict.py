@@ -19,8 +19,9 @@ Pipeline of ``Predictor.predict`` (the same harmonisation as ingest, so the mode
 4. Slice-wise segmentation in batches; probability >= the run's threshold.
 5. 3D connected components, 26-connectivity (``scipy.ndimage.label`` with a 3x3x3 structure:
    voxels touching by a face, edge or corner belong to one nodule, so a nodule drawn slightly
-   shifted from slice to slice stays one nodule). Components with fewer than ``min_voxels`` (10)
-   voxels or an equivalent-sphere diameter below ``min_diameter_mm`` (3 mm) are dropped.
+   shifted from slice to slice stays one nodule). Components whose highest probability is below
+   the run's ``min_component_peak`` (when it sets one), with fewer than ``min_voxels`` (10)
+   voxels or with an equivalent-sphere diameter below ``min_diameter_mm`` (3 mm) are dropped.
    Nodules are numbered 1..K by decreasing volume.
 6. Per nodule: centroid in world mm (the volume geometry), longest axial diameter (the largest
    over slices of the maximum Feret diameter of the cross-section, measured between pixel
@@ -68,6 +69,7 @@ class PredictOptions:
     min_diameter_mm: float = 3.0
     batch_size: int = 8
     tta: str | None = None  # test-time augmentation: "flip" | "none"; None = the segmentation run's
+    min_component_peak: float | None = None  # component filter (inference.drop_faint_components); None = the run's, 0 = off
 
 
 @dataclass
@@ -357,7 +359,7 @@ class Predictor:
         options = options or PredictOptions()
         segmenter = SliceSegmenter.from_run(seg_run, device=device, backend=backend,
                                             precision=precision, batch_size=options.batch_size,
-                                            threads=threads).with_tta(options.tta)
+                                            threads=threads).with_options(options.tta, options.min_component_peak)
         classifier = None
         if cls_run is not None:
             classifier = SliceClassifier.from_run(cls_run, device=device, backend=backend,
@@ -370,7 +372,8 @@ class Predictor:
         info = {
             "segmentation": {"run": self.runs.get("seg_run"), "arch": self.segmenter.model_json.get("arch"),
                              "image_size": self.segmenter.image_size,
-                             "threshold": self.segmenter.threshold, "tta": self.segmenter.tta},
+                             "threshold": self.segmenter.threshold, "tta": self.segmenter.tta,
+                             "min_component_peak": self.segmenter.min_component_peak},
             "classification": None,
             "backend": self.segmenter.backend,
             "precision": self.segmenter.precision,
@@ -418,7 +421,7 @@ class Predictor:
         proba = view.from_canonical(proba)
         lap("segmentation")
 
-        labels, nodules = find_nodules(proba >= self.segmenter.threshold, proba, volume,
+        labels, nodules = find_nodules(self.segmenter.masks_from_proba(proba), proba, volume,
                                        self.options.min_voxels, self.options.min_diameter_mm)
         lap("components")
 

@@ -18,7 +18,7 @@ from ..augment import build_augmentation
 from ..config import resolve, write_yaml
 from ..data import SegmentationDataset, read_manifest, segmentation_items
 from ..errors import LungcadError
-from ..inference import check_tta
+from ..inference import check_min_peak, check_tta
 from .engine import (
     SEG_COLUMNS, SUMMARY, FitSpec, SegmentationModule, WithIndex, base_model_json, check_run_dir, fit, seed_all,
     write_json,
@@ -36,7 +36,8 @@ def seg_model_json(arch: str, cfg: dict) -> dict:
     """``model.json`` of a segmentation run: enough to rebuild the model and preprocess slices."""
     k = context_slices(cfg)
     return base_model_json("segmentation", arch, cfg, 2 * k + 1, cfg["image_size"], context_slices=k,
-                           tta=check_tta(cfg.get("tta") or "none"))
+                           tta=check_tta(cfg.get("tta") or "none"),
+                           min_component_peak=check_min_peak(cfg.get("min_component_peak")))
 
 
 def set_output_prior(model: torch.nn.Module, prior: float) -> bool:
