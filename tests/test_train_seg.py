@@ -56,7 +56,7 @@ def test_two_epoch_run_writes_complete_run_folder(bench, tmp_path):
     assert info["task"] == "segmentation" and info["arch"] == "lightunet"
     assert info["image_size"] == 64 and info["window_hu"] == [-1200, 0] and info["threshold"] == 0.5
     assert info["tta"] == "flip"  # the cpu preset's test-time augmentation, read by every inferer
-    assert info["min_component_peak"] == 0.8  # and its component filter
+    assert info["min_component_peak"] is None  # no component filter in the cpu preset
     best = max(float(r["val_dice"]) for r in rows)
     assert summary["best_val_dice"] == pytest.approx(best)
     assert summary["best_epoch"] == 1 + [float(r["val_dice"]) for r in rows].index(best)
