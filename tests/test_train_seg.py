@@ -188,3 +188,23 @@ def test_inner_split_holds_out_a_fifth_of_the_fold_patients():
     assert inner_split(patients, seed=1) == (train, val)  # seeded
     assert inner_split(patients, seed=2) != (train, val)
     assert inner_split(["only"], seed=0) == (["only"], ["only"])
+
+
+def test_small_slice_weights_favour_small_cross_sections():
+    """Nodule slices under ``below_mm`` (equivalent diameter from area and spacing) get the weight;
+    larger nodule slices and nodule-free slices 1; weight 1 means the uniform sampler."""
+    from lungcad.train.engine import EpochSampler
+    from lungcad.train.seg import small_slice_weights
+
+    # 0.5 mm pixels: 100 px = 25 mm2 -> 5.6 mm; 400 px -> 11.3 mm; at 1 mm pixels 100 px -> 11.3 mm
+    items = pd.DataFrame({"nodule_area_px": [100, 400, 0, 100],
+                          "spacing_row_mm": [0.5, 0.5, 0.5, 1.0], "spacing_col_mm": [0.5, 0.5, 0.5, 1.0]})
+    np.testing.assert_array_equal(small_slice_weights(items, 3.0, 10.0), [3.0, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(small_slice_weights(items, 3.0, 12.0), [3.0, 3.0, 1.0, 3.0])
+    assert small_slice_weights(items, 1.0, 10.0) is None
+    with pytest.raises(LungcadError, match="small_slice_weight"):
+        small_slice_weights(items, 0.0, 10.0)
+    # the sampler draws the small slice about three times as often as each other slice
+    sampler = EpochSampler(4, seed=0, weights=small_slice_weights(items, 3.0, 10.0), num_samples=6000)
+    counts = np.bincount([i for i, _ in sampler], minlength=4)
+    assert counts[0] / counts[1:].mean() == pytest.approx(3.0, rel=0.1)

@@ -40,6 +40,9 @@ _COMMON = {
 #   negatives: nodule-free slices per nodule slice, drawn from the same series (0: annotated slices
 #     only, as the paper's 7,061 annotated slices).
 #   max_val_slices: validate on a fixed random subset of this many slices (None: all).
+#   small_slice_weight / small_slice_mm: nodule slices whose cross-section's equivalent diameter is
+#     below small_slice_mm are drawn small_slice_weight times as often as the others (with
+#     replacement, same epoch length; 1.0: uniform, the paper).
 #   oof_folds / oof_epochs: out-of-fold models for leakage-free predicted masks (see train/oof.py).
 #   tta: test-time augmentation recorded in model.json, used by evaluate, predict and the out-of-fold
 #     masks: "flip" averages the slice and its three mirror images (4 passes), "none" one pass
@@ -71,6 +74,8 @@ SEGMENTATION = {
         "init_prior": None,  # output bias at zero, as the models are built
         "max_train_slices": None,
         "max_val_slices": None,
+        "small_slice_weight": 1.0,
+        "small_slice_mm": 10.0,
         "oof_folds": 5,
         "oof_epochs": 70,
         "tta": "none",
@@ -100,6 +105,8 @@ SEGMENTATION = {
         "init_prior": 0.01,  # output bias log(0.01/0.99): skips the "learn the background" epochs
         "max_train_slices": None,
         "max_val_slices": 96,
+        "small_slice_weight": 1.0,
+        "small_slice_mm": 10.0,
         "oof_folds": 2,
         "oof_epochs": 6,
         # bench20 UNAR, test: nodule-slice Dice 0.58 -> 0.66, FP rate on empty slices 0.44 -> 0.23

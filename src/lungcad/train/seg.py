@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -20,8 +21,8 @@ from ..data import SegmentationDataset, read_manifest, segmentation_items
 from ..errors import LungcadError
 from ..inference import check_min_peak, check_tta
 from .engine import (
-    SEG_COLUMNS, SUMMARY, FitSpec, SegmentationModule, WithIndex, base_model_json, check_run_dir, fit, seed_all,
-    write_json,
+    SEG_COLUMNS, SUMMARY, EpochSampler, FitSpec, SegmentationModule, WithIndex, base_model_json, check_run_dir, fit,
+    seed_all, write_json,
 )
 
 def context_slices(cfg: dict) -> int:
@@ -55,6 +56,25 @@ def set_output_prior(model: torch.nn.Module, prior: float) -> bool:
     with torch.no_grad():
         last.bias.fill_(math.log(prior / (1 - prior)))
     return True
+
+
+def small_slice_weights(items: pd.DataFrame, weight: float, below_mm: float) -> np.ndarray | None:
+    """Sampling weight of each training slice: ``weight`` for a nodule slice whose cross-section's
+    equivalent diameter (from ``nodule_area_px`` and the pixel spacing) is below ``below_mm``, 1 for
+    every other slice; ``None`` (uniform, the paper) when ``weight`` is 1.
+
+    A nodule's end slices and the smallest nodules are a few pixels across and rare among the
+    training slices, while nodule-free slices show many vessels seen end-on that look the same.
+    """
+    if float(weight) == 1.0:
+        return None
+    if float(weight) <= 0:
+        raise LungcadError(f"small_slice_weight must be > 0, got {weight}")
+    area_mm2 = items["nodule_area_px"].to_numpy(float) * items["spacing_row_mm"].to_numpy(float) \
+        * items["spacing_col_mm"].to_numpy(float)
+    diameter = np.sqrt(4.0 * np.clip(area_mm2, 0, None) / np.pi)
+    small = (items["nodule_area_px"].to_numpy(float) > 0) & (diameter < float(below_mm))
+    return np.where(small, float(weight), 1.0)
 
 
 def _items_for(bench: Path, ids: list[str], cfg: dict, unit: str, seed: int) -> pd.DataFrame:
@@ -101,8 +121,11 @@ def fit_segmenter(
                              **(cfg.get("model_kwargs") or {}))
     if cfg.get("init_prior") and weights is None:
         set_output_prior(model, float(cfg["init_prior"]))
+    weights = small_slice_weights(train_items, cfg.get("small_slice_weight", 1.0), cfg.get("small_slice_mm", 10.0))
+    sampler = None if weights is None else EpochSampler(len(train_set), seed=seed, weights=weights)
     spec = FitSpec(
         run_dir=run_dir, cfg=cfg, model_json=seg_model_json(arch, cfg), history_columns=SEG_COLUMNS,
+        train_sampler=sampler,
         monitor="val_dice", epochs=int(epochs or cfg["epochs"]), batch_size=int(cfg["batch_size"]),
         val_batch_size=int(cfg["val_batch_size"]), select_best=select_best,
         early_stopping_patience=early_stopping_patience, resume=resume, devices=devices,
