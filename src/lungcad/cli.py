@@ -32,7 +32,7 @@ def _source(text: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
-def _tta_option(parser: argparse.ArgumentParser) -> None:
+def _inference_options(parser: argparse.ArgumentParser) -> None:
     """``--tta`` and ``--min-peak`` of evaluate and predict. The choices are inference.TTA_FLIPS's
     keys, written out here so that building the parser does not import torch."""
     parser.add_argument("--tta", choices=("flip", "none"), default=None,
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", type=Path, default=None, help="second classification run: DeLong test between the two")
     s.add_argument("--out", type=Path, default=None, help="metrics file (default RUN/metrics.json)")
     s.add_argument("--device", default="cpu")
-    _tta_option(s)
+    _inference_options(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("leaderboard", help="paper-style Markdown tables (Table 6 / Table 7) for evaluated runs")
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
-    _tta_option(s)
+    _inference_options(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export-onnx", help="export a run's model to ONNX (checked against torch)")
