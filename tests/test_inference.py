@@ -240,7 +240,7 @@ def test_flip_tta_averages_the_mirror_images():
     info = {"task": "segmentation", "image_size": 64, "in_channels": 1, "threshold": 0.5}
     plain = SliceSegmenter(runner, info)
     assert plain.tta == "none"
-    flip = plain.with_tta("flip")
+    flip = plain.with_options(tta="flip")
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64)).astype(np.uint8)
     mirrored = np.ascontiguousarray(images[:, ::-1, :])
     p, pm = flip.predict_proba(images), flip.predict_proba(mirrored)
@@ -250,7 +250,7 @@ def test_flip_tta_averages_the_mirror_images():
     mean = sum(np.flip(plain.predict_proba(np.ascontiguousarray(np.flip(images, a))), a)
                for a in ((), (2,), (1,), (1, 2))) / 4
     np.testing.assert_allclose(p, mean, atol=1e-5)
-    assert plain.with_tta(None) is plain
+    assert plain.with_options(tta=None) is plain
     with pytest.raises(LungcadError, match="unknown test-time augmentation"):
         check_tta("rotate")
 

@@ -250,10 +250,6 @@ class SliceSegmenter(_RunInferer):
             changes["min_component_peak"] = check_min_peak(min_component_peak)
         return replace(self, model_json={**self.model_json, **changes}) if changes else self
 
-    def with_tta(self, tta: str | None) -> "SliceSegmenter":
-        """This segmenter with its test-time augmentation replaced (``None``: unchanged)."""
-        return self.with_options(tta=tta)
-
     def predict_proba(self, images_u8: np.ndarray,
                       roi: tuple[int, int, int, int] | None = None, indices=None) -> np.ndarray:
         """Foreground probability of each pixel: (N, H, W) uint8 -> (M, H, W) float32 in [0, 1].
