@@ -114,6 +114,13 @@ def test_segmentation_run_all_foreground(bench, tmp_path):
     assert m["results"]["val"]["n_patients"] == 1 and "train" in m["results"]
     assert m["test_dice_all"] == pytest.approx(test["dice_all"])
     assert m["min_component_peak"] is None  # model.json without the key: no component filter
+    slices = pd.read_csv(run / "predictions.csv")  # the per-slice rows behind the means
+    assert sorted(slices["split"].unique()) == ["test", "train", "val"]
+    test_slices = slices[slices["split"] == "test"]
+    assert len(test_slices) == 12 and (test_slices["pred_px"] == SIZE * SIZE).all()
+    nodule = test_slices[test_slices["target_px"] > 0]
+    assert sorted(nodule["dice"].round(12).unique()) == sorted(np.round(dices, 12))
+    assert nodule["dice"].mean() == pytest.approx(test["dice_nodule"])
     # --min-peak: every component of this constant-0.5 model peaks at 0.5
     out = tmp_path / "peak" / "m.json"
     same = evaluate_run(run, split="test", out=out, progress=False, quiet=True, n_boot=20, min_peak=0.5)
@@ -131,6 +138,9 @@ def test_segmentation_run_predicting_nothing(bench, tmp_path):
     out = tmp_path / "elsewhere" / "m.json"
     m = evaluate_run(run, split="test", out=out, progress=False, quiet=True, n_boot=20)
     assert out.is_file() and not (run / "metrics.json").exists()
+    slices = pd.read_csv(out.with_name("m_predictions.csv"))  # beside the metrics file, named after it
+    assert len(slices) == 12 and (slices["pred_px"] == 0).all() and set(slices["split"]) == {"test"}
+    assert (slices.loc[slices["target_px"] > 0, "dice"] == 0).all() and (slices.loc[slices["target_px"] == 0, "dice"] == 1).all()
     test = m["results"]["test"]
     assert test["dice_nodule"] == 0.0 and test["fp_rate_empty"] == 0.0
     assert test["dice_all"] == pytest.approx(0.5)

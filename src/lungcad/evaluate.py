@@ -9,7 +9,8 @@ Segmentation
     predicted (streamed series by series, so a split never sits in memory) and reduced to pixel
     counts; ``lungcad.metrics.segmentation_summary`` gives Dice/IoU on nodule slices and on all
     slices, the false-positive rate on nodule-free slices and per-patient 3D Dice, overall and per
-    dataset, each with a 95% patient-bootstrap interval.
+    dataset, each with a 95% patient-bootstrap interval. The per-slice counts and Dice go to
+    ``predictions.csv`` (one row per slice and split): which slices a model misses.
 
 Classification
     Slice probabilities are averaged per patient (the paper) and thresholded at 0.5. Two mask
@@ -27,8 +28,9 @@ Classification
     On ``train``/``val`` the segmenter has seen the patients (``segmenter_saw_patients``), so
     predicted-mask results there are optimistic; ``test`` is clean.
 
-Outputs: ``RUN/metrics.json`` (or ``out``), ``RUN/metrics.md``, per-patient probabilities in
-``predictions.csv`` beside the metrics file, and figures in ``RUN/figures/``.
+Outputs: ``RUN/metrics.json`` (or ``out``), ``RUN/metrics.md``, ``predictions.csv`` beside the
+metrics file (per-patient probabilities, or per-slice segmentation counts), and figures in
+``RUN/figures/``.
 """
 
 from __future__ import annotations
@@ -215,20 +217,27 @@ def segmentation_report(slices: pd.DataFrame, n_boot: int = 2000) -> dict:
 
 
 def _evaluate_segmentation(run: Path, bench: Path, manifest, splits, names, device, progress, n_boot,
-                           tta=None, min_peak=None) -> tuple[dict, "SliceSegmenter"]:
-    """Per-split segmentation reports, and the segmenter (its test-time augmentation and component
-    filter) they were predicted with."""
+                           tta=None, min_peak=None) -> tuple[dict, pd.DataFrame, "SliceSegmenter"]:
+    """Per-split segmentation reports, the per-slice pixel counts behind them (with ``split`` and
+    ``dice`` columns), and the segmenter (its test-time augmentation and component filter) they were
+    predicted with."""
     from .inference import SliceSegmenter
 
     segmenter = SliceSegmenter.from_run(run, device=device).with_options(tta, min_peak)
-    results = {}
+    results, frames = {}, []
     for split in names:
         rows = segmentation_rows(manifest, splits, split)
         if rows.empty:
             results[split] = {"n_slices": 0, "note": "no slice with a mask in this split"}
             continue
-        results[split] = segmentation_report(predict_overlaps(segmenter, bench, rows, progress), n_boot)
-    return results, segmenter
+        slices = predict_overlaps(segmenter, bench, rows, progress)
+        results[split] = segmentation_report(slices, n_boot)
+        frames.append(slices.assign(split=split))
+    per_slice = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(per_slice):  # the slice-level view behind the means: which slices a model misses
+        per_slice["dice"] = dice_from_counts(per_slice["intersection"].to_numpy(), per_slice["pred_px"].to_numpy(),
+                                             per_slice["target_px"].to_numpy())
+    return results, per_slice, segmenter
 
 
 # --------------------------------------------------------------------------- classification
@@ -652,7 +661,7 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
     (``min_component_peak``; 0 turns it off).
 
     Writes ``metrics.json`` (``RUN/metrics.json`` or ``out``), ``metrics.md`` and
-    ``predictions.csv`` beside it, and figures under ``RUN/figures``; prints the Markdown table
+    ``predictions.csv`` beside it (per patient for classification, per slice for segmentation), and figures under ``RUN/figures``; prints the Markdown table
     unless ``quiet``. Returns the metrics dict (as written, nan -> None).
     """
     from .data import read_manifest
@@ -671,8 +680,8 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
                "split": split, "splits_unit": splits.get("unit", "patient"), "lungcad_version": __version__}
     predictions = None
     if task == "segmentation":
-        results, segmenter = _evaluate_segmentation(run, bench, manifest, splits, names, device, progress,
-                                                    n_boot, tta, min_peak)
+        results, predictions, segmenter = _evaluate_segmentation(run, bench, manifest, splits, names, device,
+                                                                 progress, n_boot, tta, min_peak)
         metrics["tta"], metrics["min_component_peak"] = segmenter.tta, segmenter.min_component_peak
         figures = _segmentation_figures(run, results)
         metrics["threshold"] = info.get("threshold", 0.5)
