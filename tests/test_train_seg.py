@@ -78,9 +78,10 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(bench, tmp_path
     # After one epoch, the exported best model is the last one: reloading it gives the same outputs
     # as the weights held in the training checkpoint.
     model, info = load_run_model(resumed)
-    reference = create_segmenter("lightunet", in_channels=1).eval()
+    channels = int(info["in_channels"])  # 2k + 1 with the preset's context slices
+    reference = create_segmenter("lightunet", in_channels=channels).eval()
     reference.load_state_dict(_ckpt_model_state(resumed))
-    x = torch.rand(2, 1, 64, 64)
+    x = torch.rand(2, channels, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), reference(x), atol=1e-6)
 
@@ -164,9 +165,10 @@ def test_last_epoch_snapshot_is_a_run_with_the_last_checkpoint_weights(bench, tm
     model, info = load_run_model(last)
     assert info["weights_from"]["epoch"] == 2 and info["weights_from"]["checkpoint"] == "checkpoints/last.ckpt"
     assert info["arch"] == "lightunet" and info["image_size"] == 64
-    reference = create_segmenter("lightunet", in_channels=1).eval()
+    channels = int(info["in_channels"])
+    reference = create_segmenter("lightunet", in_channels=channels).eval()
     reference.load_state_dict(_ckpt_model_state(run))
-    x = torch.rand(2, 1, 64, 64)
+    x = torch.rand(2, channels, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), reference(x), atol=1e-6)
     assert (last / "splits.json").read_text() == (run / "splits.json").read_text()
