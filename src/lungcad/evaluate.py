@@ -232,12 +232,10 @@ def _evaluate_segmentation(run: Path, bench: Path, manifest, splits, names, devi
             continue
         slices = predict_overlaps(segmenter, bench, rows, progress)
         results[split] = segmentation_report(slices, n_boot)
-        frames.append(slices.assign(split=split))
-    per_slice = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if len(per_slice):  # the slice-level view behind the means: which slices a model misses
-        per_slice["dice"] = dice_from_counts(per_slice["intersection"].to_numpy(), per_slice["pred_px"].to_numpy(),
-                                             per_slice["target_px"].to_numpy())
-    return results, per_slice, segmenter
+        # the slice-level view behind the means: which slices a model misses
+        dice = dice_from_counts(slices["intersection"], slices["pred_px"], slices["target_px"])
+        frames.append(slices.assign(split=split, dice=dice))
+    return results, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), segmenter
 
 
 # --------------------------------------------------------------------------- classification
@@ -661,8 +659,8 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
     (``min_component_peak``; 0 turns it off).
 
     Writes ``metrics.json`` (``RUN/metrics.json`` or ``out``), ``metrics.md`` and
-    ``predictions.csv`` beside it (per patient for classification, per slice for segmentation), and figures under ``RUN/figures``; prints the Markdown table
-    unless ``quiet``. Returns the metrics dict (as written, nan -> None).
+    ``predictions.csv`` beside it (per patient for classification, per slice for segmentation), and
+    figures under ``RUN/figures``; prints the Markdown table unless ``quiet``. Returns the metrics dict (as written, nan -> None).
     """
     from .data import read_manifest
     from .models.run_io import read_model_json
