@@ -15,7 +15,8 @@ def test_quick_demo_runs_every_step_and_resumes(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--quick", "--patients", "2", "--cls-arch", "mobilenetv3-large"]) == 0
     first = capsys.readouterr().out
     assert "report:" in first and "leaderboard:" in first
-    for step in ("synth", "holdout", "ingest", "split", "train-seg", "eval-seg", "train-cls", "eval-cls", "predict"):
+    for step in ("synth", "holdout", "ingest", "split", "train-seg", "eval-seg", "train-cls", "size-head", "eval-cls",
+                 "predict"):
         assert (out / ".demo" / f"{step}.done").is_file(), step
     assert (out / "bench" / "manifest.csv").is_file()
     assert (out / "runs" / "seg-lightunet" / "predicted_masks.json").is_file()
@@ -27,4 +28,4 @@ def test_quick_demo_runs_every_step_and_resumes(tmp_path, capsys):
     # second run: nothing is redone
     assert main(["demo", "--out", str(out), "--quick", "--patients", "2", "--cls-arch", "mobilenetv3-large"]) == 0
     second = capsys.readouterr().out
-    assert second.count("already done, reusing") == 9
+    assert second.count("already done, reusing") == 10

@@ -253,6 +253,27 @@ def test_diameter_baseline_by_hand():
     assert probs["a"] > probs["d"] > probs["b"]
 
 
+# stored masks: a disc on slice 1 only, nothing on the other slices; its radius is what the
+# segmenter "measured" (p7: nothing found; p8's tumour under-segmented; p9 has no reference)
+STORED_RADIUS = {"dsa/p1": 2, "dsa/p2": 7, "dsa/p3": 4, "dsa/p4": 6,
+                 "dsb/p5": 3, "dsb/p6": 6, "dsb/p7": 0, "dsb/p8": 3, "dsc/p9": 5}
+
+
+def _stored_masks(seg, bench):
+    """Write STORED_RADIUS's masks as the segmentation run's out-of-fold predicted masks."""
+    manifest = pd.read_csv(bench / "manifest.csv")
+    for _, row in manifest.iterrows():
+        path = seg / "predicted_masks" / Path(row["image_path"]).relative_to("images")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        radius = STORED_RADIUS[row["patient_id"]]
+        mask = _disk(radius) if row["slice_index"] == 1 and radius else np.zeros((SIZE, SIZE), bool)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    models = {"final": {"trained_on": SPLITS["train"], "validated_on": SPLITS["val"]},
+              "fold-0": {"trained_on": ["dsa/p3"], "held_out": SPLITS["train"]}}
+    owner = {p: ("final" if p in SPLITS["test"] else "fold-0") for p in PATIENTS}
+    (seg / "predicted_masks.json").write_text(json.dumps({"complete": True, "models": models, "patients": owner}))
+
+
 def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(bench, tmp_path):
     """When the segmentation run wrote predicted masks (``train-seg --oof-folds``), evaluate uses
     them instead of segmenting again, and reports whether the model behind a patient's masks saw it."""
@@ -260,22 +281,8 @@ def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(ben
 
     seg = _seg_run(tmp_path / "seg", bench, threshold=0.4)   # live: every pixel foreground
     run = _cls_run(tmp_path / "cls", bench, seg)
-    manifest = pd.read_csv(bench / "manifest.csv")
     test_patients = SPLITS["test"]
-    # stored masks: a disc on slice 1 only, nothing on the other slices; its radius is what the
-    # segmenter "measured" (p7: nothing found; p8's tumour under-segmented; p9 has no reference)
-    stored_radius = {"dsa/p1": 2, "dsa/p2": 7, "dsa/p3": 4, "dsa/p4": 6,
-                     "dsb/p5": 3, "dsb/p6": 6, "dsb/p7": 0, "dsb/p8": 3, "dsc/p9": 5}
-    for _, row in manifest.iterrows():
-        path = seg / "predicted_masks" / Path(row["image_path"]).relative_to("images")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        radius = stored_radius[row["patient_id"]]
-        mask = _disk(radius) if row["slice_index"] == 1 and radius else np.zeros((SIZE, SIZE), bool)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
-    models = {"final": {"trained_on": SPLITS["train"], "validated_on": SPLITS["val"]},
-              "fold-0": {"trained_on": ["dsa/p3"], "held_out": SPLITS["train"]}}
-    owner = {p: ("final" if p in test_patients else "fold-0") for p in PATIENTS}
-    (seg / "predicted_masks.json").write_text(json.dumps({"complete": True, "models": models, "patients": owner}))
+    _stored_masks(seg, bench)
     m = evaluate_run(run, split="all", progress=False, quiet=True, n_boot=20)
     pred = m["results"]["test"]["predicted_masks"]
     assert pred["mask_origin"] == "StoredMasks"
@@ -299,6 +306,61 @@ def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(ben
     train = m["results"]["train"]["predicted_masks"]
     assert train["segmenter_saw_patients"] is False           # out-of-fold: the fold model never saw them
     assert m["results"]["val"]["predicted_masks"]["segmenter_saw_patients"] is True   # fold-0 trained on p3
+
+
+def test_size_head_is_fitted_on_validation_and_becomes_the_headline(bench, tmp_path, monkeypatch):
+    """fit_patient_head weighs the network's patient score and the measured diameter on the
+    validation patients; evaluate then reports it as the headline beside the network alone."""
+    from lungcad.evaluate import evaluate_run, fit_configured_head, fit_patient_head
+    from lungcad.features import equivalent_diameter_mm
+    from lungcad.patient_head import HEAD_FILE, PatientHead
+
+    seg = _seg_run(tmp_path / "seg", bench, threshold=0.4)
+    run = _cls_run(tmp_path / "cls", bench, seg)
+    _stored_masks(seg, bench)
+    # The benchmark's one validation patient cannot fit two coefficients: a clear error, no file.
+    with pytest.raises(LungcadError, match="at least 10 val patients"):
+        fit_patient_head(run)
+    assert not (run / HEAD_FILE).exists()
+    # Without `patient_head: size` in config.yaml (the paper preset) nothing is fitted.
+    assert fit_configured_head(run) is None
+    # A run split with five validation patients (p1, p3, p5 benign and small; p2, p6 malignant and large).
+    splits = {"seed": 42, "unit": "patient",
+              "segmentation": json.loads((bench / "splits.json").read_text())["segmentation"],
+              "classification": {"train": ["dsb/p7", "dsc/p9"],
+                                 "val": ["dsa/p1", "dsa/p2", "dsa/p3", "dsb/p5", "dsb/p6"],
+                                 "test": ["dsa/p4", "dsb/p8"]}}
+    (run / "splits.json").write_text(json.dumps(splits))
+    monkeypatch.setattr("lungcad.patient_head.MIN_PATIENTS", 4)
+    fitted = fit_patient_head(run)
+    head = PatientHead.load(run)
+    assert head.n_patients == 5 and head.n_malignant == 2
+    assert head.coef[0] == pytest.approx(0.0)     # the zeroed network says 0.5 for everyone: no weight
+    assert head.coef[1] > 0                         # larger is more malignant here
+    assert fitted["val_auc_in_sample"]["network"] == pytest.approx(0.5)
+    assert fitted["val_auc_in_sample"]["size_head"] == pytest.approx(1.0)
+    assert fitted["val_auc_in_sample"]["measured_diameter"] == pytest.approx(1.0)
+    # The benchmark's own splits again: the head ranks the training patients by measured size.
+    (run / "splits.json").unlink()
+    m = evaluate_run(run, split="train,test", progress=False, quiet=True, n_boot=20)
+    train = m["results"]["train"]
+    assert train["headline"] == "size_head"
+    assert train["size_head"]["auc"] == pytest.approx(1.0) and train["predicted_masks"]["auc"] == pytest.approx(0.5)
+    assert train["size_head"]["in_sample"] is False
+    assert train["vs_network"]["auc_a"] == pytest.approx(1.0) and train["vs_network"]["auc_b"] == pytest.approx(0.5)
+    assert train["vs_baseline_measured"]["masks"] == "size_head"
+    assert m["train_auc"] == pytest.approx(1.0)
+    predictions = pd.read_csv(run / "predictions.csv")
+    rows = predictions[(predictions["split"] == "train") & (predictions["masks"] == "size_head")]
+    expected = head.predict_proba([0.5] * 4, [equivalent_diameter_mm(_disk(STORED_RADIUS[p]).sum(), (0.5, 0.5))
+                                              for p in rows["patient_id"]])
+    np.testing.assert_allclose(rows["prob"].to_numpy(), expected, rtol=1e-6)
+    test = m["results"]["test"]                     # p7: nothing found, probability 0 under the head too
+    assert test["size_head"]["n_no_nodule_found"] == 1
+    p7 = predictions.query("split == 'test' and masks == 'size_head' and patient_id == 'dsb/p7'")
+    assert p7["prob"].item() == 0.0
+    markdown = (run / "metrics.md").read_text()
+    assert "size_head: the network's patient probability and the largest measured diameter" in markdown
 
 
 def test_split_lists(bench, tmp_path):

@@ -94,6 +94,18 @@ def test_model_column_tells_variants_of_one_architecture_apart(tmp_path):
     assert rows[1].startswith("| NoduleHyperFusionNet | ")
 
 
+def test_size_head_headline_shows_the_network_alone_beside_it(tmp_path):
+    run = _cls_run(tmp_path / "hf", "nodule-hyperfusionnet", 0.7)
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = metrics["results"]["test"]
+    test["size_head"] = {**test["predicted_masks"], "auc": 0.85, "ci": {"auc": [0.75, 0.95]}}
+    test["headline"] = "size_head"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    row = next(line for line in leaderboard([run]).splitlines() if "hf" in line and "|" in line)
+    assert "0.8500 [0.7500, 0.9500]" in row
+    assert "predicted + size head (network alone 0.7000)" in row
+
+
 def test_unevaluated_run_is_named_in_error(tmp_path):
     run = tmp_path / "not_evaluated"
     run.mkdir()

@@ -200,6 +200,36 @@ def test_report_probabilities_follow_the_aggregation_rules(tmp_path):
     assert patient["mean_over_slices"] == pytest.approx(np.mean(all_slices))
 
 
+def test_size_head_weighs_the_mean_and_the_largest_cross_section(tmp_path):
+    from lungcad.patient_head import PatientHead
+
+    volume = sphere_volume(shape=(14, 64, 64), spacing=(0.8, 0.7, 1.0),
+                           spheres=((7, 20, 20, 7.0), (7, 45, 45, 3.5)))
+    head = PatientHead(mean=[0.0, 0.3], scale=[1.0, 0.1], coef=[0.5, 2.0], intercept=0.2,
+                       n_patients=30, n_malignant=15)
+    result = Predictor(oracle_segmenter(), area_classifier(), head=head).predict(volume)
+    patient = result.patient_probability
+    largest = max(int((result.labels[z] > 0).sum()) for z in range(result.labels.shape[0]))
+    assert patient["largest_diameter_mm"] == pytest.approx(2 * math.sqrt(largest * 0.8 * 0.7 / math.pi))
+    assert patient["size_head"] == pytest.approx(
+        head.predict_proba([patient["mean_over_slices"]], [patient["largest_diameter_mm"]])[0])
+    assert patient["value"] == patient["max_over_nodules"]        # the headline is unchanged
+    # report.json holds it (null without a head) and the page says it
+    path = write_volume(volume, tmp_path / "scan.nii.gz")
+    for name, with_head in (("head", head), ("plain", None)):
+        predictor = Predictor(oracle_segmenter(), area_classifier(), head=with_head)
+        entries = predict_inputs([path], None, None, tmp_path / name, progress=False, predictor=predictor)
+        assert [e["status"] for e in entries] == ["ok"], entries
+        report = json.loads((tmp_path / name / "scan" / "report.json").read_text())
+        jsonschema.validate(report, load_schema())
+        page = (tmp_path / name / "scan" / "report.html").read_text()
+        if with_head is None:
+            assert report["patient"]["size_head"] is None and "size head" not in page
+        else:
+            assert report["patient"]["size_head"] == pytest.approx(patient["size_head"], abs=1e-6)
+            assert "size head (that mean and the largest diameter" in page
+
+
 def test_core_slices_rule_scores_each_nodule_on_its_largest_cross_sections():
     # A sphere of radius 7 mm on 1 mm slices: its end slices are small cross-sections.
     volume = sphere_volume(shape=(16, 48, 48), spacing=(1.0, 1.0, 1.0), spheres=((8, 24, 24, 7.0),))

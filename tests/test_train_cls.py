@@ -71,6 +71,16 @@ def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
         model = seg_provenance["models"][record["model"]]
         assert patient not in model["trained_on"]
 
+    # The cpu preset asks for the size head; two validation patients cannot fit it, so the run stays
+    # without one and says why (train-cls and the demo call this after training).
+    from lungcad.config import read_yaml
+    from lungcad.evaluate import fit_configured_head
+
+    assert read_yaml(run / "config.yaml")["patient_head"] == "size"
+    head = fit_configured_head(run)
+    assert head["fitted"] is False and "at least 10 val patients" in head["reason"]
+    assert not (run / "patient_head.json").exists()
+
     # The published model reloads and matches phase 2's exported weights.
     model, _ = load_run_model(run)
     phase2_model, _ = load_run_model(run / "phase2")

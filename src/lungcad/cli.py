@@ -104,11 +104,15 @@ def cmd_train_seg(a):
 
 
 def cmd_train_cls(a):
+    from .evaluate import fit_configured_head
     from .train.cls import train_classifier
 
     summary = train_classifier(Path(a.bench), a.arch, Path(a.out), preset=a.preset, seg_run=a.seg_run,
                                phase=a.phase, epochs=a.epochs, resume=a.resume, pretrained=a.pretrained,
                                weights=a.weights, devices=a.devices, overrides=_overrides(a.set))
+    head = fit_configured_head(Path(a.out), bench=Path(a.bench), seg_run=a.seg_run)
+    if head is not None:
+        summary["patient_head"] = head
     print(json.dumps(summary, indent=2, default=str))
 
 

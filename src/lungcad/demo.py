@@ -55,7 +55,7 @@ QUICK = {"synth": {"size": 96, "n_slices": 24},
 def run_demo(out: Path, patients: int | None = None, seg_arch: str | None = None, cls_arch: str | None = None,
              fresh: bool = False, quick: bool = False) -> dict:
     """Run the demo into ``out``; returns the paths of what it wrote."""
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, fit_configured_head
     from .ingest import IngestOptions, run_ingest
     from .leaderboard import leaderboard
     from .predict import predict_inputs
@@ -96,6 +96,8 @@ def run_demo(out: Path, patients: int | None = None, seg_arch: str | None = None
     steps.run("train-cls", f"train {cls_arch} (cpu preset, phase 1 GT masks + phase 2 predicted masks) -> {cls_run}",
               lambda: train_classifier(bench, cls_arch, cls_run, preset="cpu", seg_run=seg_run, phase="both",
                                        overrides=cls_over, resume=(cls_run / "checkpoints").exists()))
+    steps.run("size-head", "fit the size head on the validation patients (cpu preset)",
+              lambda: fit_configured_head(cls_run, bench=bench, seg_run=seg_run))
     steps.run("eval-cls", "evaluate the classifier (patient level)",
               lambda: _headline(evaluate_run(cls_run, bench=bench, split="val,test", seg_run=seg_run)))
     table = leaderboard([seg_run, cls_run], out=out / "leaderboard.md")

@@ -22,6 +22,12 @@ Classification
       classified. A patient with no predicted nodule at all gets probability 0 ("nothing found" is a
       benign call) and is counted in ``n_no_nodule_found``; it is not silently dropped.
 
+    - ``size_head`` (the headline when the run has ``patient_head.json``, see
+      ``lungcad.patient_head``): the network's patient probability on the predicted masks and the
+      patient's largest measured diameter, weighed by the logistic regression that
+      :func:`fit_patient_head` fitted on the validation patients (so its validation figures are
+      in-sample; test is clean). Needs the segmentation run's stored predicted masks.
+
     AUC has a DeLong interval, the other metrics patient-bootstrap intervals. The size baseline
     (``lungcad.baseline``: logistic regression on the largest nodule diameter, fitted on the run's
     training patients) is evaluated on the same split and compared with the model by DeLong's test.
@@ -56,6 +62,7 @@ from .metrics import (
     patient_dice_3d,
     segmentation_summary,
 )
+from .patient_head import PatientHead
 from .stats import bootstrap_ci, delong_ci, delong_test
 
 SPLITS = ("train", "val", "test")
@@ -450,9 +457,18 @@ def _resolve_seg_run(info: dict, seg_run) -> Path | None:
     return None
 
 
+def _size_head_frame(head, network: pd.DataFrame, measured: pd.Series) -> pd.DataFrame:
+    """The size head's patient probabilities from the network's (``network``, one row per patient)."""
+    diameter = measured.reindex(network["patient_id"]).fillna(0.0).to_numpy(float)
+    return network.assign(prob=head.predict_proba(network["prob"].to_numpy(float), diameter),
+                          diameter_mm=diameter, masks="size_head")
+
+
 def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, progress,
-                   n_boot) -> tuple[dict, pd.DataFrame]:
-    """Evaluate one split of a classification run; returns (results, per-patient predictions)."""
+                   n_boot, head=None) -> tuple[dict, pd.DataFrame]:
+    """Evaluate one split of a classification run; returns (results, per-patient predictions).
+
+    ``head``: the run's ``PatientHead`` (None: the network's mean is the headline)."""
     patients = splits["classification"][split]
     labels = _patient_labels(manifest, patients)
     result: dict = {"n_patients_in_split": len(patients)}
@@ -480,20 +496,37 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
         predictions.append(per_patient.assign(split=split, masks=name))
     usable = [n for n in ("predicted_masks", "gt_masks") if result.get(n, {}).get("n")]
     result["headline"] = usable[0] if usable else None
+    train = splits["classification"]["train"]
+    stored = bool(usable) and usable[0] == "predicted_masks" and isinstance(segmenter, StoredMasks)
+    # Out-of-fold diameters of the training patients (the measured baseline's fit) and the split's own.
+    measured = segmenter.diameters(manifest, list(train) + list(patients)) if stored else None
+    if head is not None and stored:
+        network = next(p for p in predictions if p["masks"].iloc[0] == "predicted_masks")
+        frame = _size_head_frame(head, network, measured)
+        report = _with_per_dataset(frame, n_boot)
+        report.update(n_no_nodule_found=int((frame["n_slices"] == 0).sum()), head=head.describe(),
+                      in_sample=split == head.fitted_on)
+        versus = delong_test(frame["label"].to_numpy(int), frame["prob"].to_numpy(float),
+                             network["prob"].to_numpy(float))
+        result["size_head"] = report
+        result["vs_network"] = {**versus, "n_patients": int(len(frame)), "method": "DeLong test, two correlated "
+                                "ROC curves", "a": "size head", "b": "network alone (mean over slices)"}
+        predictions.append(frame.drop(columns="diameter_mm"))
+        result["headline"] = "size_head"
+    elif head is not None:
+        result["size_head"] = {"note": "the size head needs the segmentation run's stored predicted masks"}
     if usable:
-        headline = next(p for p in predictions if p["masks"].iloc[0] == usable[0])
-        train = splits["classification"]["train"]
+        headline = next(p for p in predictions if p["masks"].iloc[0] == result["headline"])
         baseline, versus, frame = baseline_report(manifest, train, headline)
-        result["baseline_diameter"], result["vs_baseline"] = baseline, {**versus, "masks": usable[0]}
+        result["baseline_diameter"], result["vs_baseline"] = baseline, {**versus, "masks": result["headline"]}
         if len(frame):
             predictions.append(frame.assign(split=split, masks="baseline_diameter"))
-        if usable[0] == "predicted_masks" and isinstance(segmenter, StoredMasks):
+        if stored:
             # The deployable size baseline: the same masks as the model, so no annotation is used.
             # Only stored masks have them for the training patients (out of fold, unseen by their model).
-            measured = segmenter.diameters(manifest, list(train) + list(patients))
             baseline, versus, frame = baseline_report(manifest, train, headline, diameters=measured)
             result["baseline_measured_diameter"] = baseline
-            result["vs_baseline_measured"] = {**versus, "masks": usable[0]}
+            result["vs_baseline_measured"] = {**versus, "masks": result["headline"]}
             if len(frame):
                 predictions.append(frame.assign(split=split, masks="baseline_measured_diameter"))
         elif usable[0] == "predicted_masks":
@@ -513,12 +546,74 @@ def _evaluate_classification(run, bench, manifest, splits, names, info, seg_run,
     if seg_path:
         segmenter = StoredMasks.from_run(seg_path) or LiveMasks(
             SliceSegmenter.from_run(seg_path, device=device).with_options(tta, min_peak))
+    head = PatientHead.load(run)
     results, predictions = {}, []
     for split in names:
         results[split], frame = classify_split(bench, manifest, splits, split, classifier, segmenter,
-                                               progress, n_boot)
+                                               progress, n_boot, head)
         predictions.append(frame)
     return results, pd.concat(predictions, ignore_index=True), seg_path
+
+
+def fit_patient_head(run, bench=None, seg_run=None, device: str = "cpu", progress: bool = False) -> dict:
+    """Fit the size head of classification run ``run`` on its validation patients; write
+    ``RUN/patient_head.json`` and return what it holds (see ``lungcad.patient_head``).
+
+    The features are those ``evaluate`` computes on the segmentation run's stored predicted masks
+    (out of fold for the validation patients): the network's patient probability and the largest
+    measured diameter. Patients with no predicted nodule are left out of the fit (they score 0).
+    """
+    from .data import read_manifest
+    from .inference import SliceClassifier
+    from .models.run_io import read_model_json
+
+    run = Path(run)
+    info = read_model_json(run)
+    if info.get("task") != "classification":
+        raise LungcadError(f"{run}: the size head belongs to a classification run")
+    bench = _resolve_bench(run, bench)
+    seg_path = _resolve_seg_run(info, seg_run)
+    segmenter = StoredMasks.from_run(seg_path) if seg_path else None
+    if segmenter is None:
+        raise LungcadError(f"{run}: the size head is fitted on the stored predicted masks of the run's segmentation "
+                           f"run ({seg_path or 'none recorded'}); train it with out-of-fold masks (train-seg)")
+    splits, manifest = _run_splits(run, bench), read_manifest(bench)
+    patients = splits["classification"]["val"]
+    classifier = SliceClassifier.from_run(run, device=device)
+    slices = predicted_mask_probabilities(classifier, segmenter, bench, manifest, patients, progress)
+    network = _patient_probabilities(slices, _patient_labels(manifest, patients), fill_missing=True)
+    measured = segmenter.diameters(manifest, patients).reindex(network["patient_id"]).fillna(0.0)
+    found = (network["n_slices"].to_numpy() > 0) & (measured.to_numpy() > 0)
+    y = network["label"].to_numpy(int)[found]
+    head = PatientHead.fit(network["prob"].to_numpy(float)[found], measured.to_numpy(float)[found], y)
+    auc = {"network": delong_ci(y, network["prob"].to_numpy(float)[found])[0],
+           "measured_diameter": delong_ci(y, measured.to_numpy(float)[found])[0],
+           "size_head": delong_ci(y, head.predict_proba(network["prob"].to_numpy(float)[found],
+                                                        measured.to_numpy(float)[found]))[0]}
+    extra = {"seg_run": str(seg_path), "val_patients": len(patients),
+             "val_patients_no_nodule_found": int((~found).sum()), "val_auc_in_sample": auc}
+    head.save(run, extra)
+    return {**head.describe(), **extra}
+
+
+def fit_configured_head(run, bench=None, seg_run=None, device: str = "cpu") -> dict | None:
+    """Fit the size head when the run's ``config.yaml`` asks for it (``patient_head: size``) and
+    phase 2 was trained; None otherwise (the paper preset).
+
+    The head is an addition to a trained run: when it cannot be fitted (too few validation patients
+    with a predicted nodule, no stored masks) the run stays as it is, without a head, and the
+    reason is returned (``fitted: false``) and printed."""
+    from .config import read_yaml
+
+    run = Path(run)
+    config = read_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
+    if config.get("patient_head") != "size" or not (run / "phase2" / "model.json").is_file():
+        return None
+    try:
+        return {"fitted": True, **fit_patient_head(run, bench=bench, seg_run=seg_run, device=device)}
+    except LungcadError as exc:
+        print(f"lungcad: {run}: no size head: {exc}", file=sys.stderr)
+        return {"fitted": False, "reason": str(exc)}
 
 
 # --------------------------------------------------------------------------- reports and figures
@@ -579,13 +674,20 @@ def metrics_markdown(metrics: dict) -> str:
                   "[[TN, FP], [FN, TP]]"]
         for split, r in metrics["results"].items():
             rows = []
-            for masks in ("predicted_masks", "gt_masks"):
+            for masks in ("size_head", "predicted_masks", "gt_masks"):
                 if masks not in r or not r[masks].get("n"):
                     continue
                 star = " (headline)" if masks == r.get("headline") else ""
                 rows.append(_cls_rows(f"**{split} / {masks}**{star}", r[masks]))
                 rows += [_cls_rows(f"{split} / {masks} / {name}", d) for name, d in (r[masks].get("per_dataset") or {}).items()]
             lines += [f"## {split}", ""] + _table(header, rows) + [""]
+            head, v = r.get("size_head") or {}, r.get("vs_network") or {}
+            if head.get("n"):
+                sample = " (fitted on these patients: in-sample)" if head.get("in_sample") else ""
+                lines += [f"size_head: the network's patient probability and the largest measured diameter, "
+                          f"weighed by a logistic regression fitted on the {head['head']['fitted_on']} patients"
+                          f"{sample}; vs the network alone (DeLong): z = {_fmt(v.get('z'))}, p = {_fmt(v.get('p'))}.",
+                          ""]
             for key, versus_key, label in BASELINES:
                 b, v = r.get(key) or {}, r.get(versus_key) or {}
                 if b.get("n_patients"):
@@ -607,8 +709,9 @@ def _classification_figures(run: Path, results: dict, predictions: pd.DataFrame)
         written.append(str(plot_confusion(r[headline]["confusion_matrix"], figures / f"confusion_{split}.png",
                                           title=f"{split}, {headline.replace('_', ' ')}")))
         curves = {}
-        for masks, label in (("predicted_masks", "model, predicted masks"), ("gt_masks", "model, GT masks"),
-                             ("baseline_diameter", "diameter baseline")):
+        for masks, label in (("size_head", "model + size head"), ("predicted_masks", "model, predicted masks"),
+                             ("gt_masks", "model, GT masks"), ("baseline_diameter", "diameter baseline"),
+                             ("baseline_measured_diameter", "measured-diameter baseline")):
             rows = predictions[(predictions["split"] == split) & (predictions["masks"] == masks)]
             if len(rows):
                 curves[label] = (rows["label"].to_numpy(int), rows["prob"].to_numpy(float))
@@ -691,7 +794,9 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
             recorded = info.get("seg_run")
             metrics["notes"] = [f"segmentation run {recorded} recorded in model.json not found: ground-truth masks only"
                                 if recorded else "no segmentation run given (--seg-run): ground-truth masks only"]
-        metrics["aggregation"] = "mean of slice probabilities per patient, threshold 0.5"
+        metrics["aggregation"] = "mean of slice probabilities per patient, threshold 0.5" + (
+            "; headline size_head: that mean and the largest measured diameter, weighed by RUN/patient_head.json"
+            if (run / "patient_head.json").is_file() else "")
         figures = _classification_figures(run, results, predictions)
     metrics.update(_headline_scalars(task, results))
     metrics["results"] = results

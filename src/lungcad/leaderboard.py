@@ -174,11 +174,19 @@ def _classification_cells(m: dict) -> tuple[float, list[str]]:
         _with_ci(baseline.get("auc"), baseline.get("auc_ci")),
         _p_value(versus.get("p")),
         _measured_baseline_cell(test),
-        {"predicted_masks": "predicted", "gt_masks": "ground truth"}.get(headline, MISSING),
+        _masks_cell(test, headline),
         str(result.get("n", MISSING)),
         m["_run"],
     ]
     return result.get("auc"), cells
+
+
+def _masks_cell(test: dict, headline: str | None) -> str:
+    """Which masks the headline used; with the size head, the network alone's AUC beside it."""
+    if headline == "size_head":
+        network = (test.get("predicted_masks") or {}).get("auc")
+        return "predicted + size head" + (f" (network alone {network:.4f})" if network is not None else "")
+    return {"predicted_masks": "predicted", "gt_masks": "ground truth"}.get(headline, MISSING)
 
 
 def _measured_baseline_cell(test: dict) -> str:
@@ -202,7 +210,9 @@ def classification_table(runs_metrics: list[dict]) -> str:
         "accuracy and F1 CIs: patient bootstrap. Baseline: logistic regression on the largest nodule "
         "diameter (annotated masks); p: DeLong test of the two correlated ROC curves. Measured-diameter "
         "baseline: the same regression on the diameter measured on the segmenter's predicted masks "
-        "(no annotation needed), with the model's p against it."
+        "(no annotation needed), with the model's p against it. Size head (the cpu preset): the network's "
+        "patient probability and the measured diameter weighed by a logistic regression fitted on the "
+        "validation patients (lungcad.patient_head)."
     )
     return "### Classification (Table 7)\n\n" + _markdown(header, _rank(rows)) + "\n\n" + note + "\n"
 

@@ -32,7 +32,10 @@ Pipeline of ``Predictor.predict`` (the same harmonisation as ingest, so the mode
    (``min_area_frac`` in its model.json). Patient probability: ``max_over_nodules`` (headline: a
    patient is malignant when any nodule is, the label rule of the benchmark) and
    ``mean_over_slices`` (the paper's patient aggregation, the mean over those nodule slices) are
-   both reported.
+   both reported. When the classification run has a size head (``patient_head.json``, see
+   ``lungcad.patient_head``), ``size_head`` weighs ``mean_over_slices`` against
+   ``largest_diameter_mm`` (the largest equivalent-circle diameter of a slice's nodule pixels) as
+   ``lungcad evaluate`` does, and is reported beside them.
 """
 
 from __future__ import annotations
@@ -339,13 +342,23 @@ class _CanonicalView:
         return out.reshape(nz, *self.inplane)
 
 
+def _largest_diameter_mm(labels: np.ndarray, spacing_xyz) -> float:
+    """Largest equivalent-circle diameter (mm) of one axial slice's nodule pixels: the measured
+    diameter of ``lungcad.baseline``, on which the size head was fitted."""
+    from .features import equivalent_diameter_mm
+
+    area = int((labels > 0).reshape(labels.shape[0], -1).sum(axis=1).max()) if labels.size else 0
+    return equivalent_diameter_mm(area, (float(spacing_xyz[1]), float(spacing_xyz[0])))
+
+
 class Predictor:
     """Segmenter (+ optional classifier) built once; ``predict(volume)`` per scan."""
 
     def __init__(self, segmenter: SliceSegmenter, classifier: SliceClassifier | None = None,
-                 options: PredictOptions | None = None, runs: dict | None = None):
+                 options: PredictOptions | None = None, runs: dict | None = None, head=None):
         self.segmenter = segmenter
         self.classifier = classifier
+        self.head = head  # lungcad.patient_head.PatientHead of the classification run, or None
         self.options = options or PredictOptions()
         self.runs = runs or {}
         window = segmenter.model_json.get("window_hu", [-1200, 0])
@@ -360,12 +373,15 @@ class Predictor:
         segmenter = SliceSegmenter.from_run(seg_run, device=device, backend=backend,
                                             precision=precision, batch_size=options.batch_size,
                                             threads=threads).with_options(options.tta, options.min_component_peak)
-        classifier = None
+        classifier, head = None, None
         if cls_run is not None:
+            from .patient_head import PatientHead
+
             classifier = SliceClassifier.from_run(cls_run, device=device, backend=backend,
                                                   precision=precision, threads=threads)
+            head = PatientHead.load(cls_run)
         runs = {"seg_run": str(seg_run), "cls_run": None if cls_run is None else str(cls_run)}
-        return cls(segmenter, classifier, options, runs)
+        return cls(segmenter, classifier, options, runs, head)
 
     def describe(self) -> dict:
         """Models and backend, for report.json."""
@@ -382,7 +398,8 @@ class Predictor:
             info["classification"] = {"run": self.runs.get("cls_run"),
                                       "arch": self.classifier.model_json.get("arch"),
                                       "input_size": self.classifier.input_size,
-                                      "crop": self.classifier.crop}
+                                      "crop": self.classifier.crop,
+                                      "size_head": None if self.head is None else self.head.describe()}
         return info
 
     def predict(self, volume: Volume) -> PredictionResult:
@@ -432,6 +449,10 @@ class Predictor:
             patient["max_over_nodules"] = max(n.probability for n in nodules)
             patient["mean_over_slices"] = float(np.mean(all_slices))
             patient["value"] = patient[HEADLINE]
+            patient["largest_diameter_mm"] = _largest_diameter_mm(labels, volume.spacing)
+            if self.head is not None:
+                patient["size_head"] = float(self.head.predict_proba([patient["mean_over_slices"]],
+                                                                     [patient["largest_diameter_mm"]])[0])
         elif self.classifier is not None:
             warnings.append("no nodule found: no malignancy probability")
         lap("classification")

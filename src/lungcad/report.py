@@ -67,6 +67,8 @@ def build_report(result: PredictionResult, models: dict, options: dict, input_pa
             "probability": _round(patient.get("value")),
             "max_over_nodules": _round(patient.get("max_over_nodules")),
             "mean_over_slices": _round(patient.get("mean_over_slices")),
+            "largest_diameter_mm": _round(patient.get("largest_diameter_mm")),
+            "size_head": _round(patient.get("size_head")),
         },
         "timings_s": dict(result.timings),
         "warnings": list(result.warnings),
@@ -142,6 +144,9 @@ def render_html(report: dict, png: bytes | None) -> str:
     patient = report["patient"]
     headline = "n/a" if patient["probability"] is None else f"{patient['probability']:.3f}"
     mean = "n/a" if patient["mean_over_slices"] is None else f"{patient['mean_over_slices']:.3f}"
+    size_head = ("" if patient.get("size_head") is None else
+                 f"; size head (that mean and the largest diameter, {patient['largest_diameter_mm']:.1f} mm): "
+                 f"{patient['size_head']:.3f}")
     image = ("" if png is None else
              f'<img alt="nodule montage" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     warnings = "".join(f"<li>{esc(w)}</li>" for w in report["warnings"])
@@ -160,7 +165,7 @@ Segmentation: {esc(str(report['models']['segmentation']['arch']))};
 classification: {esc(str((report['models']['classification'] or {}).get('arch')))};
 backend: {esc(report['models']['backend'])}</p>
 <p>Patient probability of malignancy: <strong>{headline}</strong> (max over nodules, headline);
-mean over nodule slices (the paper's aggregation): {mean}</p>
+mean over nodule slices (the paper's aggregation): {mean}{size_head}</p>
 {table}
 {image}
 {('<h2>Warnings</h2><ul>' + warnings + '</ul>') if warnings else ''}

@@ -136,6 +136,11 @@ SEGMENTATION = {
 #     logistic regression fitted on the training slices before phase 1 whose logit is added to the
 #     image head's (model_kwargs size_channel, filled in), a timm model reads it as one more plane.
 #     Recorded in model.json.
+#   patient_head: "size" fits the size head after phase 2 (lungcad.patient_head): a logistic
+#     regression on the validation patients of the network's patient probability and the largest
+#     measured diameter, on the segmentation run's stored predicted masks. Written to
+#     RUN/patient_head.json; evaluate reports it as the headline and predict beside its other
+#     aggregates. None: the paper's mean over slices.
 #   freeze_epochs: encoder frozen for the first N epochs of the phase.
 #   scheduler: "warmup_cosine" (LinearLR warm-up then CosineAnnealingLR) | "onecycle".
 _PHASE1_PAPER = {
@@ -181,6 +186,7 @@ CLASSIFICATION = {
         "max_slices_per_patient": None,
         "min_area_frac": 0.0,
         "size_input": False,  # the paper's seven channels
+        "patient_head": None,  # the paper's patient score: the mean of the slice probabilities
         "augmentation": "paper",
         "weighted_sampler": True,
         "phase1": _PHASE1_PAPER,
@@ -202,6 +208,9 @@ CLASSIFICATION = {
         # benchmarks, test AUC 0.89, 0.80 and 0.71 against 0.79, 0.76 and 0.70 without a usable size
         # input (README, Results); timm models read it as an eighth plane (not measured).
         "size_input": True,
+        # After phase 2, a logistic regression on the validation patients weighs the network's patient
+        # score against the largest measured diameter (lungcad.patient_head, evaluate.fit_patient_head).
+        "patient_head": "size",
         "augmentation": "light",
         "weighted_sampler": True,
         # From random weights the encoder is never frozen (train/cls.py); with --pretrained or
