@@ -322,8 +322,11 @@ def test_size_head_is_fitted_on_validation_and_becomes_the_headline(bench, tmp_p
     with pytest.raises(LungcadError, match="at least 10 val patients"):
         fit_patient_head(run)
     assert not (run / HEAD_FILE).exists()
-    # Without `patient_head: size` in config.yaml (the paper preset) nothing is fitted.
+    # Without `patient_head: size` in config.yaml (the paper preset) nothing is fitted, and a head
+    # left from an earlier training goes with it.
+    (run / HEAD_FILE).write_text("{}")
     assert fit_configured_head(run) is None
+    assert not (run / HEAD_FILE).exists()
     # A run split with five validation patients (p1, p3, p5 benign and small; p2, p6 malignant and large).
     splits = {"seed": 42, "unit": "patient",
               "segmentation": json.loads((bench / "splits.json").read_text())["segmentation"],

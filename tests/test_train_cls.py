@@ -77,6 +77,7 @@ def test_two_phase_run_fine_tunes_on_predicted_masks(bench, seg_run, tmp_path):
     from lungcad.evaluate import fit_configured_head
 
     assert read_yaml(run / "config.yaml")["patient_head"] == "size"
+    (run / "patient_head.json").write_text("{}")  # left from an earlier training: must not survive
     head = fit_configured_head(run)
     assert head["fitted"] is False and "at least 10 val patients" in head["reason"]
     assert not (run / "patient_head.json").exists()

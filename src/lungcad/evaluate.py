@@ -602,16 +602,23 @@ def fit_configured_head(run, bench=None, seg_run=None, device: str = "cpu") -> d
 
     The head is an addition to a trained run: when it cannot be fitted (too few validation patients
     with a predicted nodule, no stored masks) the run stays as it is, without a head, and the
-    reason is returned (``fitted: false``) and printed."""
+    reason is returned (``fitted: false``) and printed. A head left from an earlier training of the
+    run is removed then, so that evaluate and predict never pair it with other weights."""
     from .config import read_yaml
+    from .patient_head import HEAD_FILE
 
     run = Path(run)
     config = read_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
+    stale = run / HEAD_FILE
     if config.get("patient_head") != "size" or not (run / "phase2" / "model.json").is_file():
+        if stale.is_file():
+            stale.unlink()
+            print(f"lungcad: {stale}: removed (this training has no size head)", file=sys.stderr)
         return None
     try:
         return {"fitted": True, **fit_patient_head(run, bench=bench, seg_run=seg_run, device=device)}
     except LungcadError as exc:
+        stale.unlink(missing_ok=True)
         print(f"lungcad: {run}: no size head: {exc}", file=sys.stderr)
         return {"fitted": False, "reason": str(exc)}
 
