@@ -364,6 +364,11 @@ def test_size_head_is_fitted_on_validation_and_becomes_the_headline(bench, tmp_p
     assert p7["prob"].item() == 0.0
     markdown = (run / "metrics.md").read_text()
     assert "size_head: the network's patient probability and the largest measured diameter" in markdown
+    # --compare takes each run's headline, the size head, unless told otherwise
+    from lungcad.evaluate import compare_runs
+
+    assert compare_runs(run, run, split="train")["masks_a"] == "size_head"
+    assert compare_runs(run, run, split="train", masks="predicted_masks")["auc_a"] == pytest.approx(0.5)
 
 
 def test_split_lists(bench, tmp_path):

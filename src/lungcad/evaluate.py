@@ -584,12 +584,11 @@ def fit_patient_head(run, bench=None, seg_run=None, device: str = "cpu", progres
     network = _patient_probabilities(slices, _patient_labels(manifest, patients), fill_missing=True)
     measured = segmenter.diameters(manifest, patients).reindex(network["patient_id"]).fillna(0.0)
     found = (network["n_slices"].to_numpy() > 0) & (measured.to_numpy() > 0)
-    y = network["label"].to_numpy(int)[found]
-    head = PatientHead.fit(network["prob"].to_numpy(float)[found], measured.to_numpy(float)[found], y)
-    auc = {"network": delong_ci(y, network["prob"].to_numpy(float)[found])[0],
-           "measured_diameter": delong_ci(y, measured.to_numpy(float)[found])[0],
-           "size_head": delong_ci(y, head.predict_proba(network["prob"].to_numpy(float)[found],
-                                                        measured.to_numpy(float)[found]))[0]}
+    y, prob, diameter = (network["label"].to_numpy(int)[found], network["prob"].to_numpy(float)[found],
+                         measured.to_numpy(float)[found])
+    head = PatientHead.fit(prob, diameter, y)
+    auc = {"network": delong_ci(y, prob)[0], "measured_diameter": delong_ci(y, diameter)[0],
+           "size_head": delong_ci(y, head.predict_proba(prob, diameter))[0]}
     extra = {"seg_run": str(seg_path), "val_patients": len(patients),
              "val_patients_no_nodule_found": int((~found).sum()), "val_auc_in_sample": auc}
     head.save(run, extra)
@@ -840,8 +839,8 @@ def compare_runs(run_a, run_b, bench=None, split: str = "test", masks: str | Non
     """DeLong test between two classification runs on the patients they share.
 
     Uses each run's ``predictions.csv`` (written by ``evaluate_run``; a run without one is evaluated
-    first, on ``bench`` or the benchmark of its config) and each run's headline mask source
-    (predicted masks when present) unless ``masks`` names one. ``split='all'`` compares each split
+    first, on ``bench`` or the benchmark of its config) and each run's headline (the size head,
+    else predicted masks, when present) unless ``masks`` names one. ``split='all'`` compares each split
     and returns ``{split: result}``.
     """
     if split == "all":
@@ -854,8 +853,8 @@ def compare_runs(run_a, run_b, bench=None, split: str = "test", masks: str | Non
         if table.empty:
             raise LungcadError(f"{path}: no predictions for split {split!r}; evaluate with --split {split} or all")
         chosen = masks
-        if chosen is None:
-            chosen = "predicted_masks" if (table["masks"] == "predicted_masks").any() else "gt_masks"
+        if chosen is None:  # the headline: the size head, else the network on predicted masks, else gt
+            chosen = next((m for m in ("size_head", "predicted_masks") if (table["masks"] == m).any()), "gt_masks")
         table = table[table["masks"] == chosen]
         if table.empty:
             raise LungcadError(f"{path}: no {chosen} predictions for split {split!r}")
