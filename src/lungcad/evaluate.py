@@ -618,7 +618,7 @@ def fit_configured_head(run, bench=None, seg_run=None, device: str = "cpu") -> d
         return {"fitted": True, **fit_patient_head(run, bench=bench, seg_run=seg_run, device=device)}
     except LungcadError as exc:
         stale.unlink(missing_ok=True)
-        print(f"lungcad: {run}: no size head: {exc}", file=sys.stderr)
+        print(f"lungcad: {run}: no {exc}", file=sys.stderr)
         return {"fitted": False, "reason": str(exc)}
 
 
