@@ -285,6 +285,7 @@ def test_classification_reads_the_segmentation_runs_stored_out_of_fold_masks(ben
     _stored_masks(seg, bench)
     m = evaluate_run(run, split="all", progress=False, quiet=True, n_boot=20)
     pred = m["results"]["test"]["predicted_masks"]
+    assert "size_head" not in m["aggregation"]                 # no patient_head.json: the network's mean
     assert pred["mask_origin"] == "StoredMasks"
     assert pred["n_slices"] == len(test_patients) - 1        # one stored nodule slice per patient, not 16
     assert pred["n_no_nodule_found"] == 1                     # p7
@@ -348,6 +349,7 @@ def test_size_head_is_fitted_on_validation_and_becomes_the_headline(bench, tmp_p
     m = evaluate_run(run, split="train,test", progress=False, quiet=True, n_boot=20)
     train = m["results"]["train"]
     assert train["headline"] == "size_head"
+    assert "headline size_head" in m["aggregation"]
     assert train["size_head"]["auc"] == pytest.approx(1.0) and train["predicted_masks"]["auc"] == pytest.approx(0.5)
     assert train["size_head"]["in_sample"] is False
     assert train["vs_network"]["auc_a"] == pytest.approx(1.0) and train["vs_network"]["auc_b"] == pytest.approx(0.5)

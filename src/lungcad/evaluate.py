@@ -802,7 +802,7 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
                                 if recorded else "no segmentation run given (--seg-run): ground-truth masks only"]
         metrics["aggregation"] = "mean of slice probabilities per patient, threshold 0.5" + (
             "; headline size_head: that mean and the largest measured diameter, weighed by RUN/patient_head.json"
-            if (run / "patient_head.json").is_file() else "")
+            if any(r.get("headline") == "size_head" for r in results.values()) else "")
         figures = _classification_figures(run, results, predictions)
     metrics.update(_headline_scalars(task, results))
     metrics["results"] = results
