@@ -112,3 +112,44 @@ def test_unevaluated_run_is_named_in_error(tmp_path):
     (run / "model.json").write_text(json.dumps({"task": "segmentation", "arch": "unar"}))
     with pytest.raises(LungcadError, match="not_evaluated.*lungcad evaluate"):
         leaderboard([run])
+
+
+def _with_tests(run, bench, measured, annotated=None):
+    """Give a hand-made run its benchmark and DeLong (diff, se) against the two baselines."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["bench"] = bench
+    test = metrics["results"]["test"]
+    test["vs_baseline_measured"] = {"diff": measured[0], "se": measured[1], "p": 0.5}
+    test["vs_baseline"] = {"diff": annotated[0], "se": annotated[1], "p": 0.5} if annotated else {"p": 0.5}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def _pooled_rows(text):
+    part = text.split("### Pooled over benchmarks")[1]
+    return [line for line in part.splitlines() if line.startswith("| NoduleHyperFusionNet")]
+
+
+def test_pooled_table_weighs_independent_benchmarks_and_leaves_out_seeds(tmp_path):
+    a = _with_tests(_cls_run(tmp_path / "a", "nodule-hyperfusionnet", 0.8), "/x/bench1", (0.10, 0.05), (0.02, 0.04))
+    b = _with_tests(_cls_run(tmp_path / "b", "nodule-hyperfusionnet", 0.8), "/y/bench2", (0.00, 0.10))
+    seed = _with_tests(_cls_run(tmp_path / "a-s7", "nodule-hyperfusionnet", 0.8), "/x/bench1", (0.9, 0.01))
+    other = _with_tests(_cls_run(tmp_path / "e", "efficientnet-b3", 0.8), "/x/bench1", (0.3, 0.1))
+    text = leaderboard([a, b, seed, other])
+    rows = _pooled_rows(text)
+    # Measured: weights 400 and 100 give +0.08 (the seed run's +0.9 on bench1 is not counted).
+    assert len(rows) == 1, text
+    cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert cells[1] == "headline - measured-diameter baseline" and cells[2] == "2"
+    assert cells[3].startswith("+0.0800 [")
+    assert cells[6] == "bench1 +0.100, bench2 +0.000"
+    assert "a-s7" in text.split("### Pooled over benchmarks")[1]
+    # The annotated comparison needs two benchmarks with a difference: only one here, so no row;
+    # and EfficientNet-B3 has one benchmark, so no row either.
+    assert "EfficientNet-B3" not in text.split("### Pooled over benchmarks")[1]
+
+
+def test_no_pooled_table_for_runs_on_one_benchmark(tmp_path):
+    a = _with_tests(_cls_run(tmp_path / "a", "nodule-hyperfusionnet", 0.8), "/x/bench1", (0.1, 0.05))
+    b = _with_tests(_cls_run(tmp_path / "b", "nodule-hyperfusionnet", 0.7), "/x/bench1", (0.0, 0.05))
+    assert "Pooled" not in leaderboard([a, b])

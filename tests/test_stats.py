@@ -1,10 +1,13 @@
 """Bootstrap and DeLong, checked against independent computations from the definitions."""
 
+import math
+
 import numpy as np
 import pytest
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from lungcad.stats import bootstrap_ci, delong_auc_variance, delong_ci, delong_test
+from lungcad.stats import bootstrap_ci, delong_auc_variance, delong_ci, delong_test, pooled_difference
 
 
 def _psi(x, y):
@@ -146,3 +149,32 @@ def test_identical_scores_p_one_even_with_one_negative():
     res = delong_test([1, 1, 0], [0.2, 0.9, 0.5], [0.2, 0.9, 0.5])
     assert res["p"] == 1.0
     assert np.isnan(delong_test([1, 1, 0], [0.2, 0.9, 0.5], [0.3, 0.9, 0.5])["p"])
+
+
+def test_pooled_difference_hand_case():
+    # Two benchmarks: 0.10 (se 0.05) and 0.00 (se 0.10). Weights 400 and 100: pooled 0.08,
+    # se sqrt(1/500), Q = 400 * 0.02**2 + 100 * 0.08**2 = 0.8 < k - 1, so I2 = 0.
+    out = pooled_difference([0.10, 0.00], [0.05, 0.10])
+    se = math.sqrt(1 / 500)
+    assert out["k"] == 2
+    assert out["diff"] == pytest.approx(0.08)
+    assert out["se"] == pytest.approx(se)
+    assert out["z"] == pytest.approx(0.08 / se)
+    assert out["p"] == pytest.approx(2 * norm.sf(0.08 / se))
+    assert out["ci"] == pytest.approx([0.08 - 1.959964 * se, 0.08 + 1.959964 * se], abs=1e-6)
+    assert out["q"] == pytest.approx(0.8)
+    assert out["i2"] == 0.0
+
+
+def test_pooled_difference_heterogeneity_and_unusable_entries():
+    # Opposite differences, equal se 0.01: Q = 2 * 100**2 * 0.1**2 / 1 = 200, I2 = (200 - 1) / 200.
+    out = pooled_difference([0.1, -0.1, float("nan"), 0.5], [0.01, 0.01, 0.02, 0.0])
+    assert out["k"] == 2  # the nan difference and the zero se are left out
+    assert out["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert out["q"] == pytest.approx(200.0)
+    assert out["i2"] == pytest.approx(199 / 200)
+    assert out["p"] == pytest.approx(1.0)
+    empty = pooled_difference([float("nan")], [0.1])
+    assert empty["k"] == 0 and math.isnan(empty["diff"])
+    with pytest.raises(ValueError):
+        pooled_difference([0.1, 0.2], [0.1])
