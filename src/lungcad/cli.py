@@ -254,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_options(s)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("leaderboard", help="paper-style Markdown tables (Table 6 / Table 7) for evaluated runs")
+    s = sub.add_parser("leaderboard", help="paper-style Markdown tables (Table 6 / Table 7) for evaluated runs",
+                       description="Table 6 / Table 7 for evaluated runs. Classifiers run on two or more "
+                                   "benchmarks also get their test-AUC difference to the diameter baselines "
+                                   "pooled over the benchmarks (one run per benchmark and model).")
     s.add_argument("runs", nargs="+", type=Path)
     s.add_argument("--out", type=Path, default=None)
     s.set_defaults(func=cmd_leaderboard)
