@@ -135,7 +135,8 @@ def test_pooled_table_weighs_independent_benchmarks_and_leaves_out_seeds(tmp_pat
     b = _with_tests(_cls_run(tmp_path / "b", "nodule-hyperfusionnet", 0.8), "/y/bench2", (0.00, 0.10))
     seed = _with_tests(_cls_run(tmp_path / "a-s7", "nodule-hyperfusionnet", 0.8), "/x/bench1", (0.9, 0.01))
     other = _with_tests(_cls_run(tmp_path / "e", "efficientnet-b3", 0.8), "/x/bench1", (0.3, 0.1))
-    text = leaderboard([a, b, seed, other])
+    unknown = _with_tests(_cls_run(tmp_path / "nobench", "nodule-hyperfusionnet", 0.8), "", (0.9, 0.01))
+    text = leaderboard([a, b, seed, other, unknown])
     rows = _pooled_rows(text)
     # Measured: weights 400 and 100 give +0.08 (the seed run's +0.9 on bench1 is not counted).
     assert len(rows) == 1, text
@@ -143,7 +144,9 @@ def test_pooled_table_weighs_independent_benchmarks_and_leaves_out_seeds(tmp_pat
     assert cells[1] == "headline - measured-diameter baseline" and cells[2] == "2"
     assert cells[3].startswith("+0.0800 [")
     assert cells[6] == "bench1 +0.100, bench2 +0.000"
-    assert "a-s7" in text.split("### Pooled over benchmarks")[1]
+    note = text.split("### Pooled over benchmarks")[1]
+    assert "already counted for the model): " + str(seed) in note
+    assert "no benchmark in metrics.json): " + str(unknown) in note
     # The annotated comparison needs two benchmarks with a difference: only one here, so no row;
     # and EfficientNet-B3 has one benchmark, so no row either.
     assert "EfficientNet-B3" not in text.split("### Pooled over benchmarks")[1]

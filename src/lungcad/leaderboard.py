@@ -237,22 +237,25 @@ def pooled_table(runs_metrics: list[dict]) -> str:
     independent samples. Per model (the Model column of Table 7), the first run given on each
     benchmark (``metrics.json`` ``bench``) counts; further runs on a benchmark already counted
     (other training seeds, the same test patients) are named and left out, as they are not
-    independent. Pooling is fixed-effect, inverse-variance (:func:`lungcad.stats.pooled_difference`).
-    Empty when no model has runs on two benchmarks.
+    independent; so are runs whose ``metrics.json`` names no benchmark. Pooling is fixed-effect,
+    inverse-variance (:func:`lungcad.stats.pooled_difference`). Empty when no model has runs on
+    two benchmarks.
     """
     groups: dict[str, list[dict]] = {}
     for m in runs_metrics:
         groups.setdefault(_model_cell(m), []).append(m)
-    rows, left_out = [], []
+    rows, repeated, unknown = [], [], []
     for model, ms in groups.items():
         counted, seen = [], set()
         for m in ms:
-            bench = str(m.get("bench") or m["_run"])
-            if bench in seen:
-                left_out.append(m["_run"])
-                continue
-            seen.add(bench)
-            counted.append(m)
+            bench = m.get("bench")
+            if not bench:  # independence cannot be judged
+                unknown.append(m["_run"])
+            elif str(bench) in seen:
+                repeated.append(m["_run"])
+            else:
+                seen.add(str(bench))
+                counted.append(m)
         if len(counted) < 2:
             continue
         for key, label in POOLED_COMPARISONS:
@@ -262,7 +265,7 @@ def pooled_table(runs_metrics: list[dict]) -> str:
             if pooled["k"] < 2:
                 continue
             ci = pooled["ci"]
-            each = ", ".join(f"{Path(str(m.get('bench') or m['_run'])).name} {_signed(t['diff'], 3)}"
+            each = ", ".join(f"{Path(str(m['bench'])).name} {_signed(t['diff'], 3)}"
                              for t, m in tests)
             rows.append([model, f"headline - {label}", str(pooled["k"]),
                          f"{_signed(pooled['diff'])} [{_signed(ci[0])}, {_signed(ci[1])}]",
@@ -273,8 +276,10 @@ def pooled_table(runs_metrics: list[dict]) -> str:
               "Per benchmark"]
     note = ("Fixed-effect, inverse-variance pooling of the DeLong differences of independent benchmarks "
             "(one run per benchmark and model); I²: the share of the spread between benchmarks beyond chance.")
-    if left_out:
-        note += " Left out (a benchmark already counted for the model): " + ", ".join(left_out) + "."
+    if repeated:
+        note += " Left out (a benchmark already counted for the model): " + ", ".join(repeated) + "."
+    if unknown:
+        note += " Left out (no benchmark in metrics.json): " + ", ".join(unknown) + "."
     return "### Pooled over benchmarks\n\n" + _markdown(header, rows) + "\n\n" + note + "\n"
 
 
