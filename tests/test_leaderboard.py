@@ -141,7 +141,7 @@ def test_pooled_table_weighs_independent_benchmarks_and_leaves_out_seeds(tmp_pat
     # Measured: weights 400 and 100 give +0.08 (the seed run's +0.9 on bench1 is not counted).
     assert len(rows) == 1, text
     cells = [c.strip() for c in rows[0].split("|")[1:-1]]
-    assert cells[1] == "headline - measured-diameter baseline" and cells[2] == "2"
+    assert cells[1] == "predicted_masks - measured-diameter baseline" and cells[2] == "2"
     assert cells[3].startswith("+0.0800 [")
     assert cells[6] == "bench1 +0.100, bench2 +0.000"
     note = text.split("### Pooled over benchmarks")[1]
@@ -156,3 +156,18 @@ def test_no_pooled_table_for_runs_on_one_benchmark(tmp_path):
     a = _with_tests(_cls_run(tmp_path / "a", "nodule-hyperfusionnet", 0.8), "/x/bench1", (0.1, 0.05))
     b = _with_tests(_cls_run(tmp_path / "b", "nodule-hyperfusionnet", 0.7), "/x/bench1", (0.0, 0.05))
     assert "Pooled" not in leaderboard([a, b])
+
+
+def test_pooled_table_keeps_runs_with_and_without_the_size_head_apart(tmp_path):
+    a = _with_tests(_cls_run(tmp_path / "a", "nodule-hyperfusionnet", 0.8), "/x/bench1", (0.1, 0.05))
+    b = _with_tests(_cls_run(tmp_path / "b", "nodule-hyperfusionnet", 0.8), "/y/bench2", (0.0, 0.05))
+    headed = _with_tests(_cls_run(tmp_path / "c", "nodule-hyperfusionnet", 0.8), "/z/bench3", (0.5, 0.05))
+    metrics = json.loads((headed / "metrics.json").read_text())
+    metrics["results"]["test"]["headline"] = "size_head"
+    metrics["results"]["test"]["size_head"] = metrics["results"]["test"]["predicted_masks"]
+    (headed / "metrics.json").write_text(json.dumps(metrics))
+    rows = _pooled_rows(leaderboard([a, b, headed]))
+    # Only the two network-alone runs pool (equal weights: +0.05); the lone size-head run has no row.
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert cells[1].startswith("predicted_masks - ") and cells[3].startswith("+0.0500 [")

@@ -234,18 +234,20 @@ def pooled_table(runs_metrics: list[dict]) -> str:
 
     One test split of about 70 patients measures an AUC difference with a standard error near 0.04,
     as large as the differences in question; several benchmarks drawn with other seeds are
-    independent samples. Per model (the Model column of Table 7), the first run given on each
-    benchmark (``metrics.json`` ``bench``) counts; further runs on a benchmark already counted
+    independent samples. Per model (the Model column of Table 7) and headline (``size_head`` or the
+    network alone, ``predicted_masks``), the first run given on each benchmark (``metrics.json``
+    ``bench``) counts; further runs on a benchmark already counted
     (other training seeds, the same test patients) are named and left out, as they are not
     independent; so are runs whose ``metrics.json`` names no benchmark. Pooling is fixed-effect,
     inverse-variance (:func:`lungcad.stats.pooled_difference`). Empty when no model has runs on
     two benchmarks.
     """
-    groups: dict[str, list[dict]] = {}
-    for m in runs_metrics:
-        groups.setdefault(_model_cell(m), []).append(m)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for m in runs_metrics:  # runs with and without the size head are two models here
+        headline = str(_split(m, "test").get("headline") or MISSING)
+        groups.setdefault((_model_cell(m), headline), []).append(m)
     rows, repeated, unknown = [], [], []
-    for model, ms in groups.items():
+    for (model, headline), ms in groups.items():
         counted, seen = [], set()
         for m in ms:
             bench = m.get("bench")
@@ -267,7 +269,7 @@ def pooled_table(runs_metrics: list[dict]) -> str:
             ci = pooled["ci"]
             each = ", ".join(f"{Path(str(m['bench'])).name} {_signed(t['diff'], 3)}"
                              for t, m in tests)
-            rows.append([model, f"headline - {label}", str(pooled["k"]),
+            rows.append([model, f"{headline} - {label}", str(pooled["k"]),
                          f"{_signed(pooled['diff'])} [{_signed(ci[0])}, {_signed(ci[1])}]",
                          _p_value(pooled["p"]), f"{100 * pooled['i2']:.0f}%", each])
     if not rows:
@@ -275,7 +277,7 @@ def pooled_table(runs_metrics: list[dict]) -> str:
     header = ["Model", "Test AUC difference", "Benchmarks", "Pooled difference [95% CI]", "p", "I²",
               "Per benchmark"]
     note = ("Fixed-effect, inverse-variance pooling of the DeLong differences of independent benchmarks "
-            "(one run per benchmark and model); I²: the share of the spread between benchmarks beyond chance.")
+            "(one run per benchmark, model and headline); I²: the share of the spread between benchmarks beyond chance.")
     if repeated:
         note += " Left out (a benchmark already counted for the model): " + ", ".join(repeated) + "."
     if unknown:
