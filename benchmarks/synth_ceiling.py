@@ -35,9 +35,12 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
+from lungcad.baseline import patient_labels
+from lungcad.data import read_manifest
+from lungcad.splits import load_splits
+from lungcad.stats import delong_ci, delong_test
 from lungcad.synth import malignancy_logit
 from lungcad.synth.phantom import SHAPES
-from lungcad.stats import delong_ci, delong_test
 
 VISIBLE_DENSITIES = ("solid", "part-solid", "ground-glass")  # calcified looks solid in the lung window
 
@@ -82,9 +85,9 @@ def main() -> None:
     a = ap.parse_args()
 
     truth = patient_truth(json.loads(a.truth.read_text()))
-    splits = json.loads((a.bench / "splits.json").read_text())["classification"]
-    manifest = pd.read_csv(a.bench / "manifest.csv", usecols=["patient_id", "label"])
-    labels = manifest.dropna().groupby("patient_id")["label"].max().astype(int)
+    splits = load_splits(a.bench)["classification"]
+    manifest = read_manifest(a.bench)
+    labels = patient_labels(manifest.dropna(subset=["label"]))  # unlabelled patients are not scored
 
     def labelled(split):
         ids = [p for p in splits[split] if p in labels.index and p in truth.index]
