@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("leaderboard", help="paper-style Markdown tables (Table 6 / Table 7) for evaluated runs",
                        description="Table 6 / Table 7 for evaluated runs. Classifiers run on two or more "
                                    "benchmarks also get their test-AUC difference to the diameter baselines "
-                                   "pooled over the benchmarks (one run per benchmark and model).")
+                                   "pooled over the benchmarks (one run per benchmark, model and headline).")
     s.add_argument("runs", nargs="+", type=Path)
     s.add_argument("--out", type=Path, default=None)
     s.set_defaults(func=cmd_leaderboard)
