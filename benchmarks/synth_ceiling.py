@@ -19,7 +19,14 @@ classification) with a label in the manifest, the script prints the patient-leve
   each patient's largest nodule, fitted on the training patients: what a model that perceived the
   morphology perfectly could learn from this training set;
 * with ``--run``, the run's own patient scores on the same patients (``predictions.csv``: the
-  measured-diameter baseline and the headline), and their DeLong p against ``true_diameter``.
+  measured-diameter baseline and the headline), and their DeLong p against ``true_diameter``;
+* with ``--run``, what the network's own score carries (``score_content``): for its patient
+  probability on ground-truth and on predicted masks, the R² of its logit on the true log diameter
+  alone and with the largest nodule's visible shape and density added (F test of the addition), and
+  the partial correlation, given the log diameter, of its logit with the phantom's morphology term
+  (the shape and visible density coefficients of the malignancy model) with a Fisher 95% interval.
+  A network that learned only size shows no R² gain and a partial correlation near 0; one that
+  learned the phantom's morphology, a positive one.
 
 Results are printed and saved as JSON (default ``benchmarks/results/synth_ceiling_<bench>.json``).
 """
@@ -33,12 +40,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 from sklearn.linear_model import LogisticRegression
 
 from lungcad.baseline import patient_labels
 from lungcad.data import read_manifest
 from lungcad.splits import load_splits
 from lungcad.stats import delong_ci, delong_test
+from lungcad.patient_head import image_logit
 from lungcad.synth import malignancy_logit
 from lungcad.synth.phantom import SHAPES
 
@@ -64,6 +73,9 @@ def patient_truth(truth: dict) -> pd.DataFrame:
                                                 for n in nods),
                 "log_diameter": math.log(largest["diameter_mm"]),
                 "shape": largest["shape"], "density": _visible(largest["density"]),
+                # The malignancy model's non-size terms for the largest nodule, as an image shows it.
+                "morphology_term": (malignancy_logit(10.0, largest["shape"], _visible(largest["density"]))
+                                    - malignancy_logit(10.0, "smooth", "solid")),
             })
     return pd.DataFrame(rows).set_index("patient_id")
 
@@ -73,6 +85,44 @@ def _design(frame: pd.DataFrame) -> np.ndarray:
     cols += [(frame["shape"] == s).to_numpy(float) for s in SHAPES[1:]]
     cols += [(frame["density"] == d).to_numpy(float) for d in VISIBLE_DENSITIES[1:]]
     return np.column_stack(cols)
+
+
+def _r2(x: np.ndarray, y: np.ndarray) -> float:
+    """R² of the least-squares fit of ``y`` on ``x`` with an intercept."""
+    design = np.column_stack([np.ones(len(y)), x])
+    resid = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    return 1.0 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum())
+
+
+def score_content(frame: pd.DataFrame, prob) -> dict:
+    """How much of a score's logit is size and how much the phantom's visible morphology.
+
+    ``frame``: rows of :func:`patient_truth`; ``prob``: the score (a probability) of each row.
+    Returns the R² of ``logit(prob)`` on the log diameter (``r2_size``) and on the full design of
+    the fitted oracle (``r2_size_morphology``), the F test of the added shape and density columns,
+    and the partial correlation of the logit with ``morphology_term`` given the log diameter, with
+    its Fisher-z 95% interval.
+    """
+    z = image_logit(prob)
+    size = frame[["log_diameter"]].to_numpy(float)
+    full = _design(frame)
+    n, k_full, k_size = len(z), full.shape[1] + 1, 2  # parameters, with the intercept
+    r2_size, r2_full = _r2(size, z), _r2(full, z)
+    q = k_full - k_size
+    f = ((r2_full - r2_size) / q) / max((1.0 - r2_full) / (n - k_full), 1e-12)
+
+    def residual(v):
+        design = np.column_stack([np.ones(n), size])
+        return v - design @ np.linalg.lstsq(design, v, rcond=None)[0]
+
+    a, b = residual(z), residual(frame["morphology_term"].to_numpy(float))
+    denom = math.sqrt(float(a @ a) * float(b @ b))
+    r = float(a @ b) / denom if denom > 0 else float("nan")
+    half = 1.96 / math.sqrt(max(n - 4, 1))  # Fisher z, one covariate partialled out
+    zr = math.atanh(max(min(r, 0.999999), -0.999999))
+    return {"n": int(n), "r2_size": r2_size, "r2_size_morphology": r2_full,
+            "f": float(f), "f_p": float(sps.f.sf(f, q, n - k_full)),
+            "partial_r_morphology": r, "partial_r_ci": [math.tanh(zr - half), math.tanh(zr + half)]}
 
 
 def main() -> None:
@@ -118,6 +168,19 @@ def main() -> None:
         result["auc"][name] = {"auc": auc, "ci": [low, high], "vs_true_diameter": vs}
         print(f"  {name:28s} AUC {auc:.4f} [{low:.4f}, {high:.4f}]  vs true diameter {vs['diff']:+.4f} "
               f"(p = {vs['p']:.3f})")
+    if a.run is not None:
+        result["score_content"] = {}
+        for masks in ("gt_masks", "predicted_masks"):  # the network alone, on each kind of mask
+            col = pred[pred["masks"] == masks].set_index("patient_id")["prob"]
+            rows = truth.loc[[p for p in col.index if p in truth.index]]
+            if len(rows) < 10:
+                continue
+            c = score_content(rows, col.reindex(rows.index).to_numpy(float))
+            result["score_content"][masks] = c
+            lo, hi = c["partial_r_ci"]
+            print(f"  network on {masks:16s} {c['n']} patients: R² size {c['r2_size']:.3f}, with morphology "
+                  f"{c['r2_size_morphology']:.3f} (F p = {c['f_p']:.3f}); partial r with the morphology term "
+                  f"{c['partial_r_morphology']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     out = a.out or Path(__file__).parent / "results" / f"synth_ceiling_{a.bench.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
