@@ -89,9 +89,14 @@ def test_model_column_tells_variants_of_one_architecture_apart(tmp_path):
     plain = _cls_run(tmp_path / "hf", "nodule-hyperfusionnet", 0.70, kwargs={}, min_area_frac=0.0)
     variant = _cls_run(tmp_path / "hf_v", "nodule-hyperfusionnet", 0.89,
                        kwargs={"global_channels": [1]}, min_area_frac=0.5)
-    rows = [line for line in leaderboard([plain, variant]).splitlines() if line.startswith("| Nodule")]
+    paper_crop = _cls_run(tmp_path / "hf_64", "nodule-hyperfusionnet", 0.60, crop=64)
+    small_crop = _cls_run(tmp_path / "hf_16", "nodule-hyperfusionnet", 0.65, crop=16, size_input=True)
+    rows = [line for line in leaderboard([plain, variant, paper_crop, small_crop]).splitlines()
+            if line.startswith("| Nodule")]
     assert rows[0].startswith("| NoduleHyperFusionNet (global_channels=[1]; core slices 0.5) | ")
     assert rows[1].startswith("| NoduleHyperFusionNet | ")
+    assert rows[2].startswith("| NoduleHyperFusionNet (crop 16; size input) | ")
+    assert rows[3].startswith("| NoduleHyperFusionNet | ")  # Table 5's 64 px crop is the default
 
 
 def test_size_head_headline_shows_the_network_alone_beside_it(tmp_path):

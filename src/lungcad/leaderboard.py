@@ -46,11 +46,17 @@ def display_name(arch: str) -> str:
     return DISPLAY_NAMES.get(arch, arch)
 
 
+PAPER_CROP = 64  # Table 5's nodule crop size, the features' default
+
+
 def variant(model_json: dict) -> str:
     """What sets a run apart from its architecture's defaults, from ``model.json``: the model options
-    (``kwargs``) and, for a classifier, the size input and core-slice scoring; "" when there is nothing."""
+    (``kwargs``) and, for a classifier, a crop other than Table 5's, the size input and core-slice
+    scoring; "" when there is nothing."""
     parts = [f"{key}={json.dumps(value, separators=(',', ':'))}"
              for key, value in sorted((model_json.get("kwargs") or {}).items()) if key != "size_channel"]
+    if model_json.get("task") == "classification" and model_json.get("crop") not in (None, PAPER_CROP):
+        parts.append(f"crop {model_json['crop']}")
     if model_json.get("size_input"):
         parts.append("size input")
     if model_json.get("min_area_frac"):
