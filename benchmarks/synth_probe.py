@@ -1,6 +1,6 @@
 """Can a classifier's image embedding see a synthetic nodule's density and shape? A linear probe.
 
-    python benchmarks/synth_probe.py RUN BENCH TRUTH [--random-init] [--crop N] [--out FILE]
+    python benchmarks/synth_probe.py RUN BENCH TRUTH [--random-init] [--crop N] [--input-size N] [--out FILE]
 
 ``RUN`` is a classification run trained on ``BENCH``; ``TRUTH`` the ``synth_truth.json`` that
 ``lungcad synth`` wrote beside the benchmark's raw data. For every patient with an annotated
@@ -17,8 +17,9 @@ model should reach for density).
 
 ``--random-init`` re-initialises the network's weights first: what the architecture and the input
 features make visible before any training. ``--crop N`` overrides the run's ``crop`` (the side of
-the zoom window; the context window is at least twice that): what another input geometry would
-show. Results are printed and saved as JSON (default
+the zoom window; the context window is at least twice that) and ``--input-size N`` the side the
+channels are resized to: what another input geometry would show (with ``--random-init``; a trained
+network has learned its own). Results are printed and saved as JSON (default
 ``benchmarks/results/synth_probe_<bench>.json``).
 """
 
@@ -124,12 +125,15 @@ def main() -> None:
     ap.add_argument("truth", type=Path)
     ap.add_argument("--random-init", action="store_true", help="re-initialise the network's weights first")
     ap.add_argument("--crop", type=int, default=None, help="override the run's zoom-window side (px)")
+    ap.add_argument("--input-size", type=int, default=None, help="override the run's input side (px)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
 
     classifier = SliceClassifier.from_run(a.run, device="cpu")
     if a.crop is not None:
         classifier.model_json["crop"] = int(a.crop)
+    if a.input_size is not None:
+        classifier.model_json["image_size"] = int(a.input_size)
     if a.random_init:
         reinitialise(classifier.runner.model)
     truth = patient_truth(json.loads(a.truth.read_text()))
