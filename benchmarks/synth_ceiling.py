@@ -45,9 +45,9 @@ from sklearn.linear_model import LogisticRegression
 
 from lungcad.baseline import patient_labels
 from lungcad.data import read_manifest
+from lungcad.patient_head import image_logit
 from lungcad.splits import load_splits
 from lungcad.stats import delong_ci, delong_test
-from lungcad.patient_head import image_logit
 from lungcad.synth import malignancy_logit
 from lungcad.synth.phantom import SHAPES
 
