@@ -200,7 +200,7 @@ CLASSIFICATION = {
         # nodule is 2 px. A linear probe on a randomly initialised NoduleHyperFusionNet then cannot
         # tell ground-glass from solid (balanced accuracy 0.34 on bench65, chance 0.33); at crop 16
         # it reaches 0.64, as the mean gray level inside the mask (0.65) (benchmarks/synth_probe.py).
-        # On five synth benchmarks: validation AUC of the size head 0.858 against 0.850 at crop 64,
+        # On five synth benchmarks: validation AUC of the size head 0.857 against 0.850 at crop 64,
         # test level (README, Results).
         "crop": 16,
         "max_slices_per_patient": 16,
