@@ -125,6 +125,16 @@ def score_content(frame: pd.DataFrame, prob) -> dict:
             "partial_r_morphology": r, "partial_r_ci": [math.tanh(zr - half), math.tanh(zr + half)]}
 
 
+RESULTS = Path(__file__).parent / "results"
+
+
+def write_result(result: dict, out: Path) -> None:
+    """Save a script's result as JSON (creating the folder) and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", type=Path)
@@ -181,10 +191,7 @@ def main() -> None:
             print(f"  network on {masks:16s} {c['n']} patients: R² size {c['r2_size']:.3f}, with morphology "
                   f"{c['r2_size_morphology']:.3f} (F p = {c['f_p']:.3f}); partial r with the morphology term "
                   f"{c['partial_r_morphology']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-    out = a.out or Path(__file__).parent / "results" / f"synth_ceiling_{a.bench.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, a.out or RESULTS / f"synth_ceiling_{a.bench.name}.json")
 
 
 if __name__ == "__main__":

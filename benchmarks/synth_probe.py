@@ -39,7 +39,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synth_ceiling import patient_truth  # noqa: E402
+from synth_ceiling import RESULTS, patient_truth, write_result  # noqa: E402
 
 from lungcad.data import classification_items, read_png  # noqa: E402
 from lungcad.errors import LungcadError  # noqa: E402
@@ -155,10 +155,7 @@ def main() -> None:
         result["balanced_accuracy"][target] = {**scores, "chance": 1.0 / np.unique(labels[train]).size}
         print(f"  {target:8s} " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
               + f" (chance {result['balanced_accuracy'][target]['chance']:.3f})")
-    out = a.out or Path(__file__).parent / "results" / f"synth_probe_{a.bench.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, a.out or RESULTS / f"synth_probe_{a.bench.name}.json")
 
 
 if __name__ == "__main__":
