@@ -81,6 +81,7 @@ FEATURES_VERSION = 1
 SIZE_CHANNEL = len(CHANNELS)  # index of the optional nodule_size channel (classifier_input)
 SIZE_SCALE_MM = 100.0  # diameter encoded as 1 (larger ones too)
 MASK_CHANNELS = (1, 3, 6)  # channels derived from the mask alone: all zero for an empty mask
+PAPER_CROP = 64  # Table 5's nodule crop size: the zoom-window side when none is given
 CONTEXT_FACTOR = 2.5  # context window side relative to the nodule's longest bounding-box side
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -148,7 +149,7 @@ def extract_window(array: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
 # geometry
 
 
-def nodule_geometry(mask: np.ndarray, crop: int = 64) -> NoduleGeometry:
+def nodule_geometry(mask: np.ndarray, crop: int = PAPER_CROP) -> NoduleGeometry:
     """Centre and crop windows of the largest mask component (see the module docstring)."""
     mask = np.asarray(mask) > 0
     shape = mask.shape
@@ -226,7 +227,7 @@ def size_value(diameter_mm: float) -> float:
 
 
 def classifier_input(
-    image: np.ndarray, mask: np.ndarray, out_size: int = 224, crop: int = 64, spacing_yx=None
+    image: np.ndarray, mask: np.ndarray, out_size: int = 224, crop: int = PAPER_CROP, spacing_yx=None
 ) -> np.ndarray:
     """The classifier input of one slice: float32 ``(7, out_size, out_size)`` in [0, 1], or
     ``(8, ...)`` with the ``nodule_size`` plane when ``spacing_yx`` (row, col mm) is given.
@@ -261,12 +262,12 @@ def classifier_input(
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def seven_channels(image: np.ndarray, mask: np.ndarray, out_size: int = 224, crop: int = 64) -> np.ndarray:
+def seven_channels(image: np.ndarray, mask: np.ndarray, out_size: int = 224, crop: int = PAPER_CROP) -> np.ndarray:
     """The paper's seven channels of one slice (``classifier_input`` without the size plane)."""
     return classifier_input(image, mask, out_size, crop)
 
 
-def batch_classifier_input(images, masks, out_size: int = 224, crop: int = 64, spacings=None) -> np.ndarray:
+def batch_classifier_input(images, masks, out_size: int = 224, crop: int = PAPER_CROP, spacings=None) -> np.ndarray:
     """``classifier_input`` for each (image, mask) pair; float32 ``(N, C, out_size, out_size)``.
 
     ``images`` and ``masks`` are sequences (or ``(N, H, W)`` arrays) of equal length; slices may

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from .errors import LungcadError
+from .features import PAPER_CROP
 from .io import write_text_atomic
 from .stats import pooled_difference
 
@@ -44,9 +45,6 @@ MISSING = "–"
 def display_name(arch: str) -> str:
     """The paper's name for an architecture (the CLI name when the paper has none)."""
     return DISPLAY_NAMES.get(arch, arch)
-
-
-PAPER_CROP = 64  # Table 5's nodule crop size, the features' default
 
 
 def variant(model_json: dict) -> str:
