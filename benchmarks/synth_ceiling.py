@@ -87,10 +87,14 @@ def _design(frame: pd.DataFrame) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def _r2(x: np.ndarray, y: np.ndarray) -> float:
-    """R² of the least-squares fit of ``y`` on ``x`` with an intercept."""
+def _residual(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """What is left of ``y`` after its least-squares fit on ``x`` with an intercept."""
     design = np.column_stack([np.ones(len(y)), x])
-    resid = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    return y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+
+
+def _r2(resid: np.ndarray, y: np.ndarray) -> float:
+    """R² of a fit of ``y`` whose residual is ``resid``."""
     return 1.0 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum())
 
 
@@ -107,15 +111,11 @@ def score_content(frame: pd.DataFrame, prob) -> dict:
     size = frame[["log_diameter"]].to_numpy(float)
     full = _design(frame)
     n, k_full, k_size = len(z), full.shape[1] + 1, 2  # parameters, with the intercept
-    r2_size, r2_full = _r2(size, z), _r2(full, z)
+    a = _residual(size, z)  # the logit beyond size: for R² and the partial correlation alike
+    r2_size, r2_full = _r2(a, z), _r2(_residual(full, z), z)
     q = k_full - k_size
     f = ((r2_full - r2_size) / q) / max((1.0 - r2_full) / (n - k_full), 1e-12)
-
-    def residual(v):
-        design = np.column_stack([np.ones(n), size])
-        return v - design @ np.linalg.lstsq(design, v, rcond=None)[0]
-
-    a, b = residual(z), residual(frame["morphology_term"].to_numpy(float))
+    b = _residual(size, frame["morphology_term"].to_numpy(float))
     denom = math.sqrt(float(a @ a) * float(b @ b))
     r = float(a @ b) / denom if denom > 0 else float("nan")
     half = 1.96 / math.sqrt(max(n - 4, 1))  # Fisher z, one covariate partialled out
