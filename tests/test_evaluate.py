@@ -406,3 +406,99 @@ def test_predicted_mask_slices_are_cut_to_the_classifier_s_core_slices(bench):
     assert (every.groupby("patient_id").size() == 2).all()
     assert (core.groupby("patient_id").size() == 1).all() and (core["slice_index"] == 1).all()
     assert core["prob"].min() > every["prob"].min()   # the small slice scored lowest and is gone
+
+
+# An external cohort: other series, two patient IDs that repeat the trained benchmark's with other
+# labels and sizes, a dataset it never had, and a malignant patient with no visible nodule.
+EXTERNAL = {"dsa/p1": ("dsa", 1, 9), "dsa/p2": ("dsa", 0, 3), "dsx/q1": ("dsx", 1, 8),
+            "dsx/q2": ("dsx", 0, 2), "dsx/q3": ("dsx", 1, 0)}
+
+
+def _external_bench(root):
+    """Nodules drawn bright (255) on dim noise, so a threshold segments them exactly."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for pid, (dataset, label, radius) in EXTERNAL.items():
+        name = pid.split("/")[1]
+        for k in range(4):
+            image = rng.integers(0, 100, (SIZE, SIZE), dtype=np.uint8)
+            mask = _disk(radius) if radius and k in NODULE_SLICES else np.zeros((SIZE, SIZE), bool)
+            image[mask] = 255
+            image_path, mask_path = f"images/{dataset}/{name}/x{name}_{k}.png", ""
+            (root / image_path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / image_path)
+            source, area = "none", ""
+            if radius:
+                mask_path = f"masks/{dataset}/{name}/x{name}_{k}.png"
+                (root / mask_path).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_path)
+                source, area = "gt", int(mask.sum())
+            rows.append({"image_path": image_path, "mask_path": mask_path, "patient_id": pid, "label": label,
+                         "dataset": dataset, "series_uid": f"x{name}", "slice_index": k, "z_mm": float(k),
+                         "spacing_row_mm": 0.5, "spacing_col_mm": 0.5, "slice_thickness_mm": 1.0,
+                         "mask_source": source, "nodule_area_px": area, "split": ""})
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def test_external_cohort_is_evaluated_whole_with_baselines_fitted_on_the_runs_own_training_patients(
+        bench, tmp_path, monkeypatch):
+    """``evaluate --external``: every labelled patient of a cohort the run never saw, segmented now;
+    the diameter baselines keep their fit on the run's own training patients; nothing of the run's
+    own evaluation is touched; and the run's split is refused on another benchmark."""
+    import shutil
+
+    from lungcad.baseline import DiameterBaseline
+    from lungcad.evaluate import evaluate_run
+    from lungcad.features import equivalent_diameter_mm
+    from lungcad.inference import SliceSegmenter
+
+    monkeypatch.setattr(SliceSegmenter, "predict_series_masks", lambda self, images, chunk=32: [i > 200 for i in images])
+    ext = _external_bench(tmp_path / "cohort")
+    seg = _seg_run(tmp_path / "seg", bench, threshold=0.4)
+    run = _cls_run(tmp_path / "cls", bench, seg)
+    _stored_masks(seg, bench)    # the run's own out-of-fold masks: its training patients' measured sizes
+
+    m = evaluate_run(run, bench=ext, external=True, progress=False, quiet=True, n_boot=20)
+    out = run / "external" / "cohort"
+    assert json.loads((out / "metrics.json").read_text())["split"] == "external"
+    assert (out / "figures" / "roc_external.png").stat().st_size > 0
+    assert not (run / "metrics.json").exists() and not (run / "figures").exists()
+    assert list(m["results"]) == ["external"] and m["external"]["trained_on"] == str(bench)
+    r = m["results"]["external"]
+    assert r["n_patients_in_split"] == 5
+    pred = r["predicted_masks"]
+    assert pred["mask_origin"] == "LiveMasks" and pred["segmenter_saw_patients"] is False
+    assert pred["n"] == 5 and pred["n_no_nodule_found"] == 1           # q3: nothing to find
+    assert set(pred["per_dataset"]) == {"dsa", "dsx"}
+
+    def d(radius):
+        return equivalent_diameter_mm(_disk(radius).sum(), (0.5, 0.5))
+
+    train_labels = [PATIENTS[p][1] for p in SPLITS["train"]]
+    annotated = DiameterBaseline.fit([d(PATIENTS[p][2]) for p in SPLITS["train"]], train_labels)
+    measured = DiameterBaseline.fit([d(STORED_RADIUS[p]) for p in SPLITS["train"]], train_labels)
+    assert r["baseline_diameter"]["model"] == pytest.approx(annotated.describe())
+    assert r["baseline_measured_diameter"]["model"] == pytest.approx(measured.describe())
+    # Annotated: the four outlined patients, ranked perfectly. Measured on the live masks: q3
+    # (malignant, nothing found) ranks last, so 4 of the 6 pairs are right.
+    assert r["baseline_diameter"]["n_patients"] == 4 and r["baseline_diameter"]["auc"] == pytest.approx(1.0)
+    assert r["baseline_measured_diameter"]["n_patients"] == 5
+    assert r["baseline_measured_diameter"]["auc"] == pytest.approx(4 / 6)
+    rows = pd.read_csv(out / "predictions.csv").query("masks == 'baseline_measured_diameter'")
+    sizes = rows.set_index("patient_id")["diameter_mm"]
+    assert sizes["dsa/p1"] == pytest.approx(d(9)) and sizes["dsx/q3"] == 0.0   # the cohort's p1, not the run's
+
+    with pytest.raises(LungcadError, match="needs --bench"):
+        evaluate_run(run, external=True, progress=False, quiet=True)
+    with pytest.raises(LungcadError, match="trained on, not an external cohort"):
+        evaluate_run(run, bench=bench, external=True, progress=False, quiet=True)
+    with pytest.raises(LungcadError, match="not the benchmark .* trained on.*--external"):
+        evaluate_run(run, bench=ext, progress=False, quiet=True)
+    # The same benchmark moved elsewhere is still the run's own: its split applies.
+    moved = shutil.copytree(bench, tmp_path / "moved")
+    assert list(evaluate_run(seg, bench=moved, split="test", progress=False, quiet=True, n_boot=5)["results"]) == ["test"]
+    # A segmentation run on the cohort: every outlined slice, exactly segmented here.
+    s = evaluate_run(seg, bench=ext, external=True, progress=False, quiet=True, n_boot=5)["results"]["external"]
+    assert s["dice_nodule"] == pytest.approx(1.0) and (seg / "external" / "cohort" / "metrics.json").is_file()

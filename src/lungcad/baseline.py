@@ -89,20 +89,28 @@ def patient_labels(manifest: pd.DataFrame) -> pd.Series:
 
 def diameter_baseline(
     manifest: pd.DataFrame, train_patients, eval_patients, mask_sources=DEFAULT_MASK_SOURCES,
-    diameters: pd.Series | None = None,
+    diameters: pd.Series | None = None, train_manifest: pd.DataFrame | None = None,
+    train_diameters: pd.Series | None = None,
 ) -> tuple[DiameterBaseline, pd.DataFrame]:
     """Fit on ``train_patients`` and predict ``eval_patients``.
 
     ``diameters`` (mm per patient) defaults to the annotated ones (:func:`patient_max_diameter_mm`);
     pass :func:`patient_largest_diameter_mm` of predicted areas for the baseline on predicted masks.
+    ``train_manifest`` is the training patients' benchmark when it is not ``manifest`` (an external
+    cohort is evaluated with the baseline fitted on the run's own training patients); their
+    diameters are then ``train_diameters``, or the annotated ones of ``train_manifest`` when None.
     Returns the fitted baseline and a frame ``patient_id, label, diameter_mm, prob`` for the
     evaluation patients that have a diameter (sorted by patient_id).
     """
     if diameters is None:
         diameters = patient_max_diameter_mm(manifest, mask_sources)
-    labels = patient_labels(manifest)
-    train = [p for p in train_patients if p in diameters.index]
-    baseline = DiameterBaseline.fit(diameters.loc[train].to_numpy(), labels.loc[train].to_numpy())
+    if train_manifest is None:
+        train_manifest, train_diameters = manifest, diameters
+    elif train_diameters is None:
+        train_diameters = patient_max_diameter_mm(train_manifest, mask_sources)
+    labels, train_labels = patient_labels(manifest), patient_labels(train_manifest)
+    train = [p for p in train_patients if p in train_diameters.index]
+    baseline = DiameterBaseline.fit(train_diameters.loc[train].to_numpy(), train_labels.loc[train].to_numpy())
     evaluated = sorted(p for p in eval_patients if p in diameters.index)
     frame = pd.DataFrame(
         {

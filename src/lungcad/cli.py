@@ -123,8 +123,10 @@ def cmd_evaluate(a):
         result = compare_runs(Path(a.run), Path(a.compare), bench=a.bench, split=a.split)
         print(json.dumps(result, indent=2, default=str))
         return
+    if a.external and a.compare:
+        raise LungcadError("--external and --compare do not combine; evaluate each run with --external")
     evaluate_run(Path(a.run), bench=a.bench, split=a.split, seg_run=a.seg_run, out=a.out, device=a.device,
-                 tta=a.tta, min_peak=a.min_peak)
+                 tta=a.tta, min_peak=a.min_peak, external=a.external)
 
 
 def cmd_leaderboard(a):
@@ -249,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="all", help="test, val, train, all (default) or a comma list like val,test")
     s.add_argument("--seg-run", type=Path, default=None, help="segmenter for predicted masks (classification runs)")
     s.add_argument("--compare", type=Path, default=None, help="second classification run: DeLong test between the two")
+    s.add_argument("--external", action="store_true",
+                   help="--bench is a cohort the run never saw: evaluate all its patients (split 'external'), "
+                        "segmenting them now; baselines stay fitted on the run's own training patients. "
+                        "Writes RUN/external/<bench name>/metrics.json unless --out")
     s.add_argument("--out", type=Path, default=None, help="metrics file (default RUN/metrics.json)")
     s.add_argument("--device", default="cpu")
     _inference_options(s)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ from .patient_head import PatientHead
 from .stats import bootstrap_ci, delong_ci, delong_test
 
 SPLITS = ("train", "val", "test")
+EXTERNAL = "external"  # the one split of a cohort the run never saw (evaluate_run(external=True))
 BOOTSTRAP_SEED = 42
 SEG_CI_METRICS = ("dice_nodule", "iou_nodule", "dice_all", "iou_all", "fp_rate_empty")
 CLS_CI_METRICS = ("accuracy", "f1", "sensitivity", "specificity")
@@ -280,16 +282,36 @@ def gt_mask_probabilities(classifier, bench: Path, patients, progress: bool = Fa
 
 
 class LiveMasks:
-    """Predicted masks computed now by a segmentation run's final model."""
+    """Predicted masks computed now by a segmentation run's final model.
 
-    def __init__(self, segmenter):
+    ``external``: the benchmark is a cohort the model never saw (``evaluate_run(external=True)``),
+    so no split of it was seen. The mask area of every slice segmented is kept, so the patients'
+    measured diameters (:meth:`diameters`) come from the very masks the classifier read."""
+
+    def __init__(self, segmenter, external: bool = False):
         self.segmenter = segmenter
+        self.external = external
+        self.areas: dict[str, int] = {}  # image_path -> predicted mask pixels
 
     def saw(self, patient: str, split: str) -> bool:
-        return split != "test"  # the final model trained on train and chose its epoch on val
+        # the final model trained on train and chose its epoch on val
+        return not self.external and split != "test"
 
     def masks(self, group: pd.DataFrame, images: list[np.ndarray]) -> list[np.ndarray]:
-        return self.segmenter.predict_series_masks(images, SERIES_CHUNK)
+        masks = self.segmenter.predict_series_masks(images, SERIES_CHUNK)
+        self.areas.update(zip(group["image_path"], (int(m.sum()) for m in masks)))
+        return masks
+
+    def diameters(self, manifest: pd.DataFrame, patients) -> pd.Series:
+        """Largest predicted-mask diameter (mm) of each of ``patients`` (0 where nothing was found);
+        only patients this object has segmented."""
+        from .baseline import patient_largest_diameter_mm
+
+        rows = manifest[manifest["patient_id"].isin(set(patients)) & manifest["label"].notna()]
+        missing = sorted(set(rows.loc[~rows["image_path"].isin(self.areas), "patient_id"]))
+        if missing:
+            raise LungcadError(f"measured diameters of patients not segmented yet: {', '.join(missing[:5])}")
+        return patient_largest_diameter_mm(rows, rows["image_path"].map(self.areas).to_numpy())
 
 
 class StoredMasks:
@@ -413,16 +435,31 @@ MEASURED_DIAMETER = ("largest equivalent-circle nodule diameter (mm) on the segm
                      "(out-of-fold) predicted masks; 0 where it found nothing")
 
 
-def baseline_report(manifest: pd.DataFrame, train_patients, model_patients: pd.DataFrame,
-                    diameters: pd.Series | None = None) -> tuple[dict, dict, pd.DataFrame]:
-    """A diameter baseline on ``model_patients``' patients and the DeLong test model vs baseline.
+@dataclass
+class FitCohort:
+    """The patients the diameter baselines are fitted on: the run's training patients, on the
+    run's own benchmark (``manifest``; the evaluated one, or another for an external cohort), with
+    their out-of-fold measured diameters (None when the segmentation run stored no masks)."""
 
-    ``diameters``: None for the annotated diameters, or measured ones (``StoredMasks.diameters``).
+    manifest: pd.DataFrame
+    patients: list
+    measured: pd.Series | None = None
+
+
+def baseline_report(manifest: pd.DataFrame, fit: FitCohort, model_patients: pd.DataFrame,
+                    diameters: pd.Series | None = None) -> tuple[dict, dict, pd.DataFrame]:
+    """A diameter baseline fitted on ``fit``, on ``model_patients``' patients, and the DeLong test
+    model vs baseline.
+
+    ``diameters``: None for the annotated diameters, or measured ones (``StoredMasks.diameters``);
+    the training patients' are then ``fit.measured``.
     """
     from .baseline import DEFAULT_MASK_SOURCES, diameter_baseline
 
+    train_diameters = fit.measured if diameters is not None else None
     try:
-        fitted, frame = diameter_baseline(manifest, train_patients, model_patients["patient_id"], diameters=diameters)
+        fitted, frame = diameter_baseline(manifest, fit.patients, model_patients["patient_id"], diameters=diameters,
+                                          train_manifest=fit.manifest, train_diameters=train_diameters)
     except LungcadError as exc:
         return {"note": str(exc)}, {}, pd.DataFrame(columns=["patient_id", "label", "diameter_mm", "prob"])
     y, p = frame["label"].to_numpy(int), frame["prob"].to_numpy(float)
@@ -465,11 +502,17 @@ def _size_head_frame(head, network: pd.DataFrame, measured: pd.Series) -> pd.Dat
 
 
 def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, progress,
-                   n_boot, head=None) -> tuple[dict, pd.DataFrame]:
+                   n_boot, head=None, fit: FitCohort | None = None) -> tuple[dict, pd.DataFrame]:
     """Evaluate one split of a classification run; returns (results, per-patient predictions).
 
-    ``head``: the run's ``PatientHead`` (None: the network's mean is the headline)."""
+    ``head``: the run's ``PatientHead`` (None: the network's mean is the headline). ``fit``: where
+    the diameter baselines are fitted (None: the split's ``train`` patients on ``manifest``, with
+    the stored masks' out-of-fold diameters)."""
     patients = splits["classification"][split]
+    if fit is None:
+        train = splits["classification"]["train"]
+        fit = FitCohort(manifest, train, segmenter.diameters(manifest, train)
+                        if isinstance(segmenter, StoredMasks) else None)
     labels = _patient_labels(manifest, patients)
     result: dict = {"n_patients_in_split": len(patients)}
     predictions = []
@@ -496,11 +539,12 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
         predictions.append(per_patient.assign(split=split, masks=name))
     usable = [n for n in ("predicted_masks", "gt_masks") if result.get(n, {}).get("n")]
     result["headline"] = usable[0] if usable else None
-    train = splits["classification"]["train"]
-    stored = bool(usable) and usable[0] == "predicted_masks" and isinstance(segmenter, StoredMasks)
-    # Out-of-fold diameters of the training patients (the measured baseline's fit) and the split's own.
-    measured = segmenter.diameters(manifest, list(train) + list(patients)) if stored else None
-    if head is not None and stored:
+    # Measured diameters of the split's patients on the masks the classifier read: stored masks
+    # (out of fold), or live ones of a cohort the segmenter never saw (external).
+    measurable = bool(usable) and usable[0] == "predicted_masks" and (
+        isinstance(segmenter, StoredMasks) or getattr(segmenter, "external", False))
+    measured = segmenter.diameters(manifest, patients) if measurable else None
+    if head is not None and measurable:
         network = next(p for p in predictions if p["masks"].iloc[0] == "predicted_masks")
         frame = _size_head_frame(head, network, measured)
         report = _with_per_dataset(frame, n_boot)
@@ -517,14 +561,14 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
         result["size_head"] = {"note": "the size head needs the segmentation run's stored predicted masks"}
     if usable:
         headline = next(p for p in predictions if p["masks"].iloc[0] == result["headline"])
-        baseline, versus, frame = baseline_report(manifest, train, headline)
+        baseline, versus, frame = baseline_report(manifest, fit, headline)
         result["baseline_diameter"], result["vs_baseline"] = baseline, {**versus, "masks": result["headline"]}
         if len(frame):
             predictions.append(frame.assign(split=split, masks="baseline_diameter"))
-        if stored:
+        if measurable and fit.measured is not None:
             # The deployable size baseline: the same masks as the model, so no annotation is used.
-            # Only stored masks have them for the training patients (out of fold, unseen by their model).
-            baseline, versus, frame = baseline_report(manifest, train, headline, diameters=measured)
+            # Fitted on the training patients' stored masks (out of fold, unseen by their model).
+            baseline, versus, frame = baseline_report(manifest, fit, headline, diameters=measured)
             result["baseline_measured_diameter"] = baseline
             result["vs_baseline_measured"] = {**versus, "masks": result["headline"]}
             if len(frame):
@@ -537,20 +581,30 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
 
 
 def _evaluate_classification(run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot,
-                             tta=None, min_peak=None):
+                             tta=None, min_peak=None, own_bench: Path | None = None):
+    """``own_bench``: ``bench`` is an external cohort and this is the benchmark the run trained on
+    (its training patients fit the diameter baselines; the segmenter runs live on the cohort)."""
+    from .data import read_manifest
     from .inference import SliceClassifier, SliceSegmenter
 
     classifier = SliceClassifier.from_run(run, device=device)
     seg_path = _resolve_seg_run(info, seg_run)
-    segmenter = None
+    segmenter = stored = None
     if seg_path:
-        segmenter = StoredMasks.from_run(seg_path) or LiveMasks(
-            SliceSegmenter.from_run(seg_path, device=device).with_options(tta, min_peak))
+        stored = StoredMasks.from_run(seg_path)
+        segmenter = stored if own_bench is None else None
+        segmenter = segmenter or LiveMasks(SliceSegmenter.from_run(seg_path, device=device).with_options(tta, min_peak),
+                                           external=own_bench is not None)
+    fit = None
+    if own_bench is not None:
+        own_manifest = read_manifest(own_bench)
+        train = _run_splits(run, own_bench)["classification"]["train"]
+        fit = FitCohort(own_manifest, train, stored.diameters(own_manifest, train) if stored else None)
     head = PatientHead.load(run)
     results, predictions = {}, []
     for split in names:
         results[split], frame = classify_split(bench, manifest, splits, split, classifier, segmenter,
-                                               progress, n_boot, head)
+                                               progress, n_boot, head, fit)
         predictions.append(frame)
     return results, pd.concat(predictions, ignore_index=True), seg_path
 
@@ -703,11 +757,10 @@ def metrics_markdown(metrics: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _classification_figures(run: Path, results: dict, predictions: pd.DataFrame) -> list[str]:
+def _classification_figures(figures: Path, results: dict, predictions: pd.DataFrame) -> list[str]:
     from .plots import plot_confusion, plot_per_dataset, plot_roc
 
     written = []
-    figures = run / "figures"
     for split, r in results.items():
         headline = r.get("headline")
         if not headline:
@@ -728,14 +781,14 @@ def _classification_figures(run: Path, results: dict, predictions: pd.DataFrame)
     return written
 
 
-def _segmentation_figures(run: Path, results: dict) -> list[str]:
+def _segmentation_figures(figures: Path, results: dict) -> list[str]:
     from .plots import plot_per_dataset
 
     written = []
     for split, r in results.items():
         per_dataset = {k: v.get("dice_nodule") for k, v in (r.get("per_dataset") or {}).items()}
         if per_dataset:
-            written.append(str(plot_per_dataset(per_dataset, run / "figures" / f"dice_per_dataset_{split}.png",
+            written.append(str(plot_per_dataset(per_dataset, figures / f"dice_per_dataset_{split}.png",
                                                 "Dice (nodule slices)")))
     return written
 
@@ -757,9 +810,39 @@ def _headline_scalars(task: str, results: dict) -> dict:
 # --------------------------------------------------------------------------- entry points
 
 
+def _same_benchmark(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two manifests hold the same series (a benchmark moved or re-ingested, not another cohort)."""
+    return set(a["series_uid"].astype(str)) == set(b["series_uid"].astype(str))
+
+
+def _check_trained_bench(run: Path, bench: Path, manifest: pd.DataFrame) -> None:
+    """Refuse to score a run with its own split on a benchmark that is not the one it trained on.
+
+    Patient IDs repeat across benchmarks (every synth draw has LIDC-IDRI-0001, so may two ingests of
+    one collection), so the run's split would silently pick "test" patients of another cohort,
+    some of them its training patients' namesakes. Another cohort is ``--external``."""
+    from .data import read_manifest
+
+    try:
+        own = _resolve_bench(run, None)
+    except LungcadError:
+        return  # the recorded benchmark is gone (moved): trust --bench
+    if own.resolve() != bench.resolve() and not _same_benchmark(read_manifest(own), manifest):
+        raise LungcadError(f"{bench}: not the benchmark {run} was trained on ({own}; their series differ). "
+                           "To evaluate the run on a cohort it never saw, add --external")
+
+
+def _external_splits(manifest: pd.DataFrame) -> dict:
+    """An external cohort as the one split ``external``: every patient for segmentation (those with
+    an outline count), every labelled patient for classification."""
+    labelled = sorted(manifest.loc[manifest["label"].notna(), "patient_id"].unique())
+    return {"unit": "patient", "segmentation": {EXTERNAL: sorted(manifest["patient_id"].unique())},
+            "classification": {EXTERNAL: labelled}}
+
+
 def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, device: str = "cpu",
                  progress: bool = True, n_boot: int = 2000, quiet: bool = False, tta: str | None = None,
-                 min_peak: float | None = None) -> dict:
+                 min_peak: float | None = None, external: bool = False) -> dict:
     """Evaluate the run folder ``run`` on ``split`` (train, val, test, or all = each reported).
 
     ``tta`` replaces the segmentation test-time augmentation of the run's ``model.json`` (a
@@ -767,9 +850,17 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
     the augmentation they were written with). ``min_peak`` likewise replaces its component filter
     (``min_component_peak``; 0 turns it off).
 
+    ``external``: ``bench`` is a cohort the run never saw (another collection, a hospital's own
+    scans, a new synth draw). Every labelled patient of it is evaluated as the split ``external``
+    (``split`` does not apply): predicted masks are segmented now by the segmentation run's final
+    model, the diameter baselines and the size head keep what they learned on the run's own
+    benchmark (its training patients; the size head its validation patients), and the results go
+    to ``RUN/external/<bench folder name>/`` unless ``out`` is given.
+
     Writes ``metrics.json`` (``RUN/metrics.json`` or ``out``), ``metrics.md`` and
     ``predictions.csv`` beside it (per patient for classification, per slice for segmentation), and
-    figures under ``RUN/figures``; prints the Markdown table unless ``quiet``. Returns the metrics dict (as written, nan -> None).
+    figures under ``RUN/figures`` (external: beside the metrics); prints the Markdown table unless
+    ``quiet``. Returns the metrics dict (as written, nan -> None).
     """
     from .data import read_manifest
     from .models.run_io import read_model_json
@@ -779,22 +870,47 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
     task = info.get("task")
     if task not in ("segmentation", "classification"):
         raise LungcadError(f"{run / 'model.json'}: unknown task {task!r}")
-    bench = _resolve_bench(run, bench)
-    splits = _run_splits(run, bench)
-    names = _split_names(split)
-    manifest = read_manifest(bench)
+    own_bench = None
+    if external:
+        if bench is None:
+            raise LungcadError("--external needs --bench: the cohort to evaluate the run on")
+        bench = _resolve_bench(run, bench)
+        manifest = read_manifest(bench)
+        if task == "classification":
+            own_bench = _resolve_bench(run, None)  # the baselines' training patients
+            if own_bench.resolve() == bench.resolve() or _same_benchmark(read_manifest(own_bench), manifest):
+                raise LungcadError(f"{bench}: the benchmark {run} was trained on, not an external cohort")
+        splits, names, split = _external_splits(manifest), [EXTERNAL], EXTERNAL
+        out = Path(out) if out is not None else run / EXTERNAL / bench.name / "metrics.json"
+        figure_dir = out.parent / "figures"
+    else:
+        explicit = bench is not None
+        bench = _resolve_bench(run, bench)
+        manifest = read_manifest(bench)
+        if explicit:
+            _check_trained_bench(run, bench, manifest)
+        splits = _run_splits(run, bench)
+        names = _split_names(split)
+        figure_dir = run / "figures"
     metrics = {"schema": 1, "task": task, "arch": info.get("arch"), "run": run.name, "bench": str(bench),
                "split": split, "splits_unit": splits.get("unit", "patient"), "lungcad_version": __version__}
+    if external:
+        try:
+            trained_on = str(own_bench or _resolve_bench(run, None))
+        except LungcadError:
+            trained_on = None  # a segmentation run whose benchmark moved: not needed to evaluate it
+        metrics["external"] = {"trained_on": trained_on,
+                               "note": "a cohort the run never saw: every labelled patient, masks segmented now"}
     predictions = None
     if task == "segmentation":
         results, predictions, segmenter = _evaluate_segmentation(run, bench, manifest, splits, names, device,
                                                                  progress, n_boot, tta, min_peak)
         metrics["tta"], metrics["min_component_peak"] = segmenter.tta, segmenter.min_component_peak
-        figures = _segmentation_figures(run, results)
+        figures = _segmentation_figures(figure_dir, results)
         metrics["threshold"] = info.get("threshold", 0.5)
     else:
         results, predictions, seg_path = _evaluate_classification(
-            run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot, tta, min_peak)
+            run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot, tta, min_peak, own_bench)
         metrics["seg_run"] = str(seg_path) if seg_path else None
         if seg_path is None:
             recorded = info.get("seg_run")
@@ -803,7 +919,7 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
         metrics["aggregation"] = "mean of slice probabilities per patient, threshold 0.5" + (
             "; headline size_head: that mean and the largest measured diameter, weighed by RUN/patient_head.json"
             if any(r.get("headline") == "size_head" for r in results.values()) else "")
-        figures = _classification_figures(run, results, predictions)
+        figures = _classification_figures(figure_dir, results, predictions)
     metrics.update(_headline_scalars(task, results))
     metrics["results"] = results
     metrics["figures"] = figures
