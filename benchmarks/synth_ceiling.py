@@ -1,6 +1,7 @@
 """How much a synthetic benchmark lets any classifier gain over nodule size.
 
     python benchmarks/synth_ceiling.py BENCH TRUTH [--split test] [--run RUN] [--out FILE]
+    python benchmarks/synth_ceiling.py COHORT TRUTH --split external [--fit BENCH TRUTH] [--run DIR]
 
 ``TRUTH`` is the ``synth_truth.json`` that ``lungcad synth`` wrote beside the raw data of
 ``BENCH``. The phantom draws each nodule's malignancy from a logistic model of its diameter, shape
@@ -27,6 +28,11 @@ classification) with a label in the manifest, the script prints the patient-leve
   (the shape and visible density coefficients of the malignancy model) with a Fisher 95% interval.
   A network that learned only size shows no R² gain and a partial correlation near 0; one that
   learned the phantom's morphology, a positive one.
+
+With ``--split external`` BENCH is a cohort that ``lungcad evaluate RUN --bench COHORT --external``
+scored: every labelled patient of it counts (no ``splits.json``), ``--run`` is the folder that
+evaluation wrote (``RUN/external/<cohort>/``), and the fitted oracle is fitted on the training
+patients of ``--fit BENCH TRUTH`` (the run's own benchmark), or left out without it.
 
 Results are printed and saved as JSON (default ``benchmarks/results/synth_ceiling_<bench>.json``).
 """
@@ -141,22 +147,31 @@ def main() -> None:
     ap.add_argument("truth", type=Path)
     ap.add_argument("--split", default="test")
     ap.add_argument("--run", type=Path, default=None, help="an evaluated classification run on BENCH")
+    ap.add_argument("--fit", nargs=2, type=Path, default=None, metavar=("BENCH", "TRUTH"),
+                    help="with --split external: the benchmark (and its truth) whose training patients fit the oracle")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
 
-    truth = patient_truth(json.loads(a.truth.read_text()))
-    splits = load_splits(a.bench)["classification"]
-    manifest = read_manifest(a.bench)
-    labels = patient_labels(manifest.dropna(subset=["label"]))  # unlabelled patients are not scored
-
-    def labelled(split):
-        ids = [p for p in splits[split] if p in labels.index and p in truth.index]
+    def labelled(bench: Path, truth: pd.DataFrame, split: str) -> pd.DataFrame:
+        """The truth rows of ``split``'s labelled patients (``external``: all of them)."""
+        labels = patient_labels(read_manifest(bench).dropna(subset=["label"]))  # unlabelled: not scored
+        members = labels.index if split == "external" else load_splits(bench)["classification"][split]
+        ids = [p for p in members if p in labels.index and p in truth.index]
         return truth.loc[ids].assign(label=labels.loc[ids].to_numpy())
 
-    train, evalset = labelled("train"), labelled(a.split)
-    fit = LogisticRegression().fit(_design(train), train["label"])
-    evalset = evalset.assign(oracle_fitted=fit.decision_function(_design(evalset)))
-    scores = ["true_diameter", "noise_free_logit", "noise_free_logit_visible", "oracle_fitted"]
+    truth = patient_truth(json.loads(a.truth.read_text()))
+    evalset = labelled(a.bench, truth, a.split)
+    if a.split != "external":
+        train = labelled(a.bench, truth, "train")
+    elif a.fit:
+        train = labelled(a.fit[0], patient_truth(json.loads(a.fit[1].read_text())), "train")
+    else:
+        train = None
+    scores = ["true_diameter", "noise_free_logit", "noise_free_logit_visible"]
+    if train is not None:
+        fit = LogisticRegression().fit(_design(train), train["label"])
+        evalset = evalset.assign(oracle_fitted=fit.decision_function(_design(evalset)))
+        scores.append("oracle_fitted")
     if a.run is not None:
         pred = pd.read_csv(a.run / "predictions.csv")
         pred = pred[pred["split"] == a.split]
@@ -168,10 +183,11 @@ def main() -> None:
         evalset = evalset.dropna(subset=scores)
 
     y = evalset["label"].to_numpy(int)
+    n_train = 0 if train is None else int(len(train))
     result = {"bench": str(a.bench), "split": a.split, "n_patients": int(len(y)), "n_malignant": int(y.sum()),
-              "n_train": int(len(train)), "auc": {}}
+              "n_train": n_train, "auc": {}}
     print(f"{a.bench.name} {a.split}: {len(y)} patients ({int(y.sum())} malignant); oracle fitted on "
-          f"{len(train)} training patients")
+          f"{n_train} training patients")
     for name in scores:
         auc, low, high = delong_ci(y, evalset[name].to_numpy(float))
         vs = delong_test(y, evalset[name].to_numpy(float), evalset["true_diameter"].to_numpy(float))

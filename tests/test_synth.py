@@ -269,6 +269,19 @@ def test_msd_label_aligns_with_image_under_affine(tree):
         assert hu[data == 1].mean() > hu[data == 0].mean() + 300 or hu[data == 1].mean() > -300
 
 
+def test_msd_case_numbers_stay_unique_beyond_the_real_task():
+    """A draw larger than Task06's 63 training / 33 test cases gets new numbers, not repeats (which
+    wrote two patients to one file); smaller draws keep the real numbers they always had."""
+    from lungcad.synth.msd import TEST_IDS, TRAIN_IDS, case_numbers
+
+    train, test = case_numbers(75, 25)
+    assert len(set(train + test)) == 100
+    assert train[:63] == TRAIN_IDS and test == TEST_IDS[:25] and train[63:] == list(range(97, 109))
+    train, test = case_numbers(63, 40)
+    assert test[:33] == TEST_IDS and test[33:] == list(range(97, 104))
+    assert case_numbers(45, 15) == (TRAIN_IDS[:45], TEST_IDS[:15])
+
+
 def test_lndb_masks_and_csvs_agree(tree):
     out, truth = tree
     csv_dir = out / "lndb" / "trainset_csv"

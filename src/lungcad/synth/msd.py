@@ -22,6 +22,15 @@ TRAIN_IDS = [1, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 20, 22, 23, 25, 26, 27, 28, 2
 TEST_IDS = [k for k in range(1, 97) if k not in TRAIN_IDS]
 
 
+def case_numbers(n_train: int, n_test: int) -> tuple[list[int], list[int]]:
+    """Case numbers of the training and test cases: the real Task06 ones while they last, then new
+    ones from 97 up (the real task ends at lung_096), so no two patients share a file."""
+    extra = iter(range(max(TRAIN_IDS + TEST_IDS) + 1, 10**6))
+    train = TRAIN_IDS[:n_train] + [next(extra) for _ in range(n_train - len(TRAIN_IDS))]
+    test = TEST_IDS[:n_test] + [next(extra) for _ in range(n_test - len(TEST_IDS))]
+    return train, test
+
+
 def ras_affine(spacing, origin_lps) -> np.ndarray:
     """Voxel (i, j, k) -> RAS mm for an LPS grid with identity direction."""
     aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
@@ -33,10 +42,11 @@ def write_msd(out: Path, patients: int, seed: int, size: int, n_slices: int, pro
     task = out / SOURCE / "Task06_Lung"
     n_train = patients if patients < 2 else patients - max(1, patients // 4)
     training, test, records = [], [], []
+    train_numbers, test_numbers = case_numbers(n_train, patients - n_train)
     for i in range(patients):
         rng = patient_rng(seed, SOURCE, i)
         is_train = i < n_train
-        case = f"lung_{(TRAIN_IDS[i % len(TRAIN_IDS)] if is_train else TEST_IDS[(i - n_train) % len(TEST_IDS)]):03d}"
+        case = f"lung_{(train_numbers[i] if is_train else test_numbers[i - n_train]):03d}"
         ph = make_phantom(rng, size=size, n_slices=n_slices, spacing_z=float(rng.choice([1.5, 2.5])),
                           nodules=[{"tumour": True}])
         affine = ras_affine(ph.spacing, ph.origin)
