@@ -467,6 +467,24 @@ def test_run_ingest_end_to_end_manifest_rows(tmp_path):
     assert any("LNDb-0003" in s["item"] for s in report["sources"]["lndb"]["skipped"])
 
 
+def test_a_case_listed_twice_is_ingested_once_and_reported(tmp_path):
+    """A dataset.json with a repeated entry once wrote that case's slices twice into the manifest."""
+    import pandas as pd
+
+    from lungcad.ingest import run_ingest
+
+    task = make_msd(tmp_path / "msd")
+    spec = json.loads((task / "dataset.json").read_text())
+    spec["training"] *= 2
+    (task / "dataset.json").write_text(json.dumps(spec))
+    report = run_ingest({"msd-lung": tmp_path / "msd"}, tmp_path / "bench", IngestOptions(), progress=False)
+    manifest = pd.read_csv(tmp_path / "bench" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert not manifest.duplicated(["image_path"]).any()
+    assert (manifest.groupby("patient_id").size() == SHAPE_ZYX[0]).all()
+    skipped = report["sources"]["msd-lung"]["skipped"]
+    assert [s["item"] for s in skipped if "listed twice" in s["reason"]] == ["lung_001 series lung_001"]
+
+
 # ----------------------------------------------------------------------------- on lungcad.synth trees
 
 SYNTH_SOURCES = {"luna16": Luna16Adapter, "msd-lung": MsdLungAdapter, "lndb": LndbAdapter}

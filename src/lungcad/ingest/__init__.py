@@ -268,6 +268,17 @@ def _existing_split_map(out: Path) -> tuple[dict, str | None]:
         return {}, f"existing splits.json ignored: {exc}"
 
 
+def _unique_series(tasks: list[SeriesTask]) -> tuple[list[SeriesTask], list[SeriesTask]]:
+    """``tasks`` without repeats of a (patient, series): a source that lists a series twice (an
+    index with a duplicated entry) would otherwise write its slices twice into the manifest."""
+    seen, unique, repeated = set(), [], []
+    for task in tasks:
+        key = (task.patient_id, task.series_uid)
+        (repeated if key in seen else unique).append(task)
+        seen.add(key)
+    return unique, repeated
+
+
 def run_ingest(sources: dict[str, Path], out: Path, opts: IngestOptions | None = None,
                progress: bool = True) -> dict:
     """Ingest ``sources`` ({source name: raw root}) into the benchmark folder ``out``.
@@ -296,6 +307,9 @@ def run_ingest(sources: dict[str, Path], out: Path, opts: IngestOptions | None =
             tasks, skips = [], [Skip(name, str(root), str(exc))]
         except Exception as exc:  # an adapter bug must not lose the other sources
             tasks, skips = [], [Skip(name, str(root), f"discovery failed: {type(exc).__name__}: {exc}")]
+        tasks, repeated = _unique_series(tasks)
+        skips += [Skip(name, f"{native_patient_id(t)} series {t.series_uid}",
+                       "listed twice by the source; ingested once (the first listing)") for t in repeated]
         done, todo = [], []
         for task in tasks:
             marker = _read_marker(marker_path(out, task), fingerprint)
