@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from lungcad.stats import bootstrap_ci, delong_auc_variance, delong_ci, delong_test, pooled_difference
+from lungcad.stats import bootstrap_ci, delong_auc_variance, delong_ci, delong_contrast, delong_test, pooled_difference
 
 
 def _psi(x, y):
@@ -178,3 +178,29 @@ def test_pooled_difference_heterogeneity_and_unusable_entries():
     assert empty["k"] == 0 and math.isnan(empty["diff"])
     with pytest.raises(ValueError):
         pooled_difference([0.1, 0.2], [0.1])
+
+
+def test_delong_contrast_of_models_sharing_one_test_set():
+    """The mean over models of (model AUC - its baseline's AUC) on one shared cohort: the covariance of
+    all the AUCs from the definition, and the two-score case is delong_test."""
+    rng = np.random.default_rng(11)
+    y = np.array([1] * 30 + [0] * 25)
+    size = y + rng.normal(0, 1.0, y.size)                      # the shared baseline's score
+    models = [size + 0.6 * y + rng.normal(0, 0.7, y.size) for _ in range(3)]
+    vectors = [v for m in models for v in (m, size)]
+    weights = np.array([1, -1] * 3) / 3
+    aucs, cov = _delong_by_definition(y, vectors)
+    res = delong_contrast(y, np.stack(vectors), weights)
+    assert res["estimate"] == pytest.approx(weights @ aucs)
+    assert res["se"] == pytest.approx(math.sqrt(weights @ cov @ weights))
+    assert res["ci"][0] < res["estimate"] < res["ci"][1] and res["p"] < 0.05
+    # Three copies of one model: the same estimate and the same se as that model alone; treated as
+    # independent samples (pooled_difference) the se would shrink by sqrt(3).
+    one = delong_test(y, models[0], size)
+    same = delong_contrast(y, np.stack([models[0], size] * 3), weights)
+    assert same["estimate"] == pytest.approx(one["diff"]) and same["se"] == pytest.approx(one["se"])
+    assert same["p"] == pytest.approx(one["p"])
+    assert pooled_difference([one["diff"]] * 3, [one["se"]] * 3)["se"] == pytest.approx(one["se"] / math.sqrt(3))
+    with pytest.raises(ValueError, match="weights"):
+        delong_contrast(y, np.stack(vectors), [1, -1])
+    assert math.isnan(delong_contrast([1, 1, 1], np.ones((2, 3)), [1, -1])["estimate"])

@@ -215,3 +215,35 @@ def pooled_difference(diffs, ses, alpha: float = 0.05) -> dict:
     i2 = max(0.0, (q - (d.size - 1)) / q) if q > 0 else 0.0
     return {"k": int(d.size), "diff": diff, "se": se, "ci": [diff - half, diff + half], "z": float(z),
             "p": float(2 * norm.sf(abs(z))), "q": q, "i2": float(i2)}
+
+
+def delong_contrast(y, scores, weights, alpha: float = 0.05) -> dict:
+    """A weighted sum of correlated AUCs measured on the same cases, with DeLong's covariance.
+
+    ``scores`` (k, N) holds k score vectors on one set of N cases, ``weights`` (k,) the contrast:
+    ``[1, -1]`` is :func:`delong_test`'s difference; ``[1/K, -1/K, 1/K, -1/K, ...]`` the mean over
+    K models, each scored against its own baseline, on one shared test cohort. Such models are not
+    independent samples (:func:`pooled_difference` would be too confident): the cases are the
+    same, and the covariance of all k AUCs carries that. Returns ``{"estimate", "se", "ci", "z",
+    "p"}`` (two-sided, against 0); ``nan`` when a class is absent or has one member.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    auc, v10, v01 = placement_values(y, scores)
+    if w.shape != auc.shape:
+        raise ValueError(f"{auc.size} score vectors but {w.size} weights")
+    nan = float("nan")
+    if not np.isfinite(auc).all():
+        return {"estimate": nan, "se": nan, "ci": [nan, nan], "z": nan, "p": nan}
+    estimate = float(w @ auc)
+    var = float(w @ _delong_covariance(v10, v01) @ w)
+    if not np.isfinite(var):
+        return {"estimate": estimate, "se": nan, "ci": [nan, nan], "z": nan, "p": nan}
+    se = float(np.sqrt(max(var, 0.0)))
+    half = float(norm.ppf(1 - alpha / 2)) * se
+    if se <= 1e-12:
+        z = 0.0 if abs(estimate) < 1e-12 else float(np.sign(estimate) * np.inf)
+        p = 1.0 if z == 0.0 else 0.0
+    else:
+        z = estimate / se
+        p = float(2 * norm.sf(abs(z)))
+    return {"estimate": estimate, "se": se, "ci": [estimate - half, estimate + half], "z": float(z), "p": p}
