@@ -34,6 +34,13 @@ Classification
     On ``train``/``val`` the segmenter has seen the patients (``segmenter_saw_patients``), so
     predicted-mask results there are optimistic; ``test`` is clean.
 
+External cohort (``external=True``, ``lungcad evaluate RUN --bench COHORT --external``)
+    Every labelled patient of a benchmark the run never saw is the one split ``external``, segmented
+    now; the baselines keep their fit on the run's own training patients and the size head its
+    weights, so nothing is fitted on the cohort. Results go to ``RUN/external/<cohort>/``. A
+    ``--bench`` without ``--external`` must hold the run's own series (patient IDs repeat across
+    benchmarks, so the run's split would pick namesakes of its training patients).
+
 Outputs: ``RUN/metrics.json`` (or ``out``), ``RUN/metrics.md``, ``predictions.csv`` beside the
 metrics file (per-patient probabilities, or per-slice segmentation counts), and figures in
 ``RUN/figures/``.
