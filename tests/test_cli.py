@@ -72,3 +72,12 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["ingest", "--source", "nonsense=/x", "--out", str(tmp_path)])
     assert exc.value.code == 2
+    capsys.readouterr()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text('{"task": "classification"}')
+    for args, message in ((["--external"], "--external needs --bench"),
+                          (["--external", "--compare", str(run)], "do not combine")):
+        assert main(["evaluate", str(run), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lungcad: error:") and message in err and len(err.splitlines()) == 1
