@@ -119,12 +119,12 @@ def cmd_train_cls(a):
 def cmd_evaluate(a):
     from .evaluate import compare_runs, evaluate_run
 
+    if a.external and a.compare:
+        raise LungcadError("--external and --compare do not combine; evaluate each run with --external")
     if a.compare:
         result = compare_runs(Path(a.run), Path(a.compare), bench=a.bench, split=a.split)
         print(json.dumps(result, indent=2, default=str))
         return
-    if a.external and a.compare:
-        raise LungcadError("--external and --compare do not combine; evaluate each run with --external")
     evaluate_run(Path(a.run), bench=a.bench, split=a.split, seg_run=a.seg_run, out=a.out, device=a.device,
                  tta=a.tta, min_peak=a.min_peak, external=a.external)
 
