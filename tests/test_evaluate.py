@@ -32,29 +32,37 @@ def _disk(radius):
     return (yy - 30) ** 2 + (xx - 34) ** 2 <= radius**2
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    rng = np.random.default_rng(0)
+def _write_bench(root: Path, patients: dict, prefix: str, image_of) -> Path:
+    """A benchmark folder of ``patients`` (4 slices each, a disc on NODULE_SLICES); ``image_of(mask)``
+    draws each slice's image. Series UIDs are ``prefix + name``."""
     rows = []
-    for pid, (dataset, label, radius) in PATIENTS.items():
+    for pid, (dataset, label, radius) in patients.items():
+        name = pid.split("/")[1]
         for k in range(4):
-            name = pid.split("/")[1]
-            image_path = f"images/{dataset}/{name}/s{name}_{k}.png"
+            mask = _disk(radius) if radius and k in NODULE_SLICES else np.zeros((SIZE, SIZE), bool)
+            image_path = f"images/{dataset}/{name}/{prefix}{name}_{k}.png"
             (root / image_path).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8)).save(root / image_path)
+            Image.fromarray(image_of(mask)).save(root / image_path)
             mask_path, source, area = "", "none", ""
             if radius:
-                mask = _disk(radius) if k in NODULE_SLICES else np.zeros((SIZE, SIZE), bool)
-                mask_path = f"masks/{dataset}/{name}/s{name}_{k}.png"
+                mask_path = f"masks/{dataset}/{name}/{prefix}{name}_{k}.png"
                 (root / mask_path).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_path)
                 source, area = "gt", int(mask.sum())
             rows.append({"image_path": image_path, "mask_path": mask_path, "patient_id": pid, "label": label,
-                         "dataset": dataset, "series_uid": f"s{name}", "slice_index": k, "z_mm": float(k),
+                         "dataset": dataset, "series_uid": f"{prefix}{name}", "slice_index": k, "z_mm": float(k),
                          "spacing_row_mm": 0.5, "spacing_col_mm": 0.5, "slice_thickness_mm": 1.0,
                          "mask_source": source, "nodule_area_px": area, "split": ""})
+    root.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = _write_bench(tmp_path_factory.mktemp("bench"), PATIENTS, "s",
+                        lambda mask: rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8))
     seg = {part: [p for p in ids if PATIENTS[p][2]] for part, ids in SPLITS.items()}
     (root / "splits.json").write_text(json.dumps({"seed": 42, "unit": "patient", "classification": SPLITS,
                                                   "segmentation": seg}))
@@ -417,29 +425,13 @@ EXTERNAL = {"dsa/p1": ("dsa", 1, 9), "dsa/p2": ("dsa", 0, 3), "dsx/q1": ("dsx", 
 def _external_bench(root):
     """Nodules drawn bright (255) on dim noise, so a threshold segments them exactly."""
     rng = np.random.default_rng(1)
-    rows = []
-    for pid, (dataset, label, radius) in EXTERNAL.items():
-        name = pid.split("/")[1]
-        for k in range(4):
-            image = rng.integers(0, 100, (SIZE, SIZE), dtype=np.uint8)
-            mask = _disk(radius) if radius and k in NODULE_SLICES else np.zeros((SIZE, SIZE), bool)
-            image[mask] = 255
-            image_path, mask_path = f"images/{dataset}/{name}/x{name}_{k}.png", ""
-            (root / image_path).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(root / image_path)
-            source, area = "none", ""
-            if radius:
-                mask_path = f"masks/{dataset}/{name}/x{name}_{k}.png"
-                (root / mask_path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_path)
-                source, area = "gt", int(mask.sum())
-            rows.append({"image_path": image_path, "mask_path": mask_path, "patient_id": pid, "label": label,
-                         "dataset": dataset, "series_uid": f"x{name}", "slice_index": k, "z_mm": float(k),
-                         "spacing_row_mm": 0.5, "spacing_col_mm": 0.5, "slice_thickness_mm": 1.0,
-                         "mask_source": source, "nodule_area_px": area, "split": ""})
-    root.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root
+
+    def image_of(mask):
+        image = rng.integers(0, 100, (SIZE, SIZE), dtype=np.uint8)
+        image[mask] = 255
+        return image
+
+    return _write_bench(root, EXTERNAL, "x", image_of)
 
 
 def test_external_cohort_is_evaluated_whole_with_baselines_fitted_on_the_runs_own_training_patients(
