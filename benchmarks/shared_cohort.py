@@ -5,8 +5,9 @@
 Each ``DIR`` is an evaluated classification run (``metrics.json`` and ``predictions.csv``), or the
 folder ``lungcad evaluate RUN --bench COHORT --external`` wrote (``RUN/external/<cohort>/``). For
 every run the script compares its headline score on ``--split`` (the size head, else the network
-on predicted masks) with the diameter baselines of the same evaluation (DeLong test), then
-averages the differences over the runs with :func:`lungcad.stats.delong_contrast`.
+on predicted masks) and the network alone (on predicted masks) with the diameter baselines of the
+same evaluation, and the network on the reference masks with the annotated diameter (DeLong
+tests), then averages each difference over the runs with :func:`lungcad.stats.delong_contrast`.
 
 Why not ``lungcad leaderboard``'s pooled table: it pools *independent* benchmarks. Runs trained
 on different benchmarks but scored on one cohort share their test patients, so their differences
@@ -78,10 +79,12 @@ def main() -> None:
         raise SystemExit(f"the runs were scored on different cohorts ({', '.join(map(str, benches))}); "
                          "patient IDs repeat across benchmarks, so they cannot be matched")
     runs = {str(f): run_scores(f, a.split) for f in a.folders}
-    rows = {"headline": lambda h: h, "network alone": lambda h: "predicted_masks"}
+    rows = {"headline": (lambda h: h, BASELINES), "network alone": (lambda h: "predicted_masks", BASELINES),
+            # the network on the reference masks, against the diameter of the same outlines
+            "network on reference masks": (lambda h: "gt_masks", ("baseline_diameter",))}
     result = {"split": a.split, "runs": list(runs), "comparisons": {}}
-    for label, a_of in rows.items():
-        for b in BASELINES:
+    for label, (a_of, baselines) in rows.items():
+        for b in baselines:
             key = f"{label} - {b}"
             c = compare(runs, a_of, b)
             result["comparisons"][key] = c

@@ -20,7 +20,8 @@ def _evaluation(folder: Path, bench: str, y, head, measured, annotated=None):
     (folder / "metrics.json").write_text(json.dumps({"bench": bench, "results": {"external": {"headline": "size_head"}}}))
     ids = [f"p{i:03d}" for i in range(len(y))]
     rows = [pd.DataFrame({"patient_id": ids, "label": y, "prob": s, "split": "external", "masks": m})
-            for m, s in (("size_head", head), ("predicted_masks", head), ("baseline_measured_diameter", measured))]
+            for m, s in (("size_head", head), ("predicted_masks", head), ("gt_masks", head),
+                         ("baseline_measured_diameter", measured))]
     if annotated is not None:  # only some patients have an annotated diameter
         rows.append(pd.DataFrame({"patient_id": ids[::2], "label": y[::2], "prob": annotated[::2],
                                   "split": "external", "masks": "baseline_diameter"}))
@@ -46,6 +47,7 @@ def test_mean_over_runs_on_one_cohort(tmp_path):
     assert measured["mean"]["n_common"] == 110 and measured["mean"]["ci"][0] > 0
     # the annotated baseline covers every other patient: compared there only
     assert result["headline - baseline_diameter"]["mean"]["n_common"] == 55
+    assert result["network on reference masks - baseline_diameter"]["mean"]["n_common"] == 55
     # runs scored on two different cohorts are refused (their patient IDs would be matched by name)
     other = _evaluation(tmp_path / "elsewhere", "/c/X2", y, heads[0], size)
     refused = subprocess.run([sys.executable, str(SCRIPT), str(folders[0]), str(other), "--out", str(out)],
