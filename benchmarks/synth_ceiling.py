@@ -176,7 +176,7 @@ def main() -> None:
         pred = pd.read_csv(a.run / "predictions.csv")
         pred = pred[pred["split"] == a.split]
         headline = json.loads((a.run / "metrics.json").read_text())["results"][a.split]["headline"]
-        for masks in dict.fromkeys(("baseline_measured_diameter", "baseline_diameter", headline)):
+        for masks in ("baseline_measured_diameter", headline):
             col = pred[pred["masks"] == masks].set_index("patient_id")["prob"]
             if col.empty:  # e.g. a run scored on reference masks only has no measured diameter
                 continue
