@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,9 @@ from lungcad.config import read_yaml
 from lungcad.data import core_slices, predicted_mask_path, read_manifest, read_png
 from lungcad.ingest.manifest import OUTLINE_MASK_SOURCES
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, also when a test imports this one
+from synth_ceiling import RESULTS, write_result  # noqa: E402
+
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity, as features.py picks the largest component
 
 
@@ -88,10 +91,7 @@ def main() -> None:
           f"{result['share_on_nodule']:.1%} (by label {result['share_on_nodule_by_label']}); "
           f"patients with no core slice on their nodule: {result['patients_with_none_on_nodule']} "
           f"(by label {result['patients_with_none_by_label']} of {result['patients_by_label']})")
-    out = a.out or RESULTS / f"core_slices_{a.seg_run.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, a.out or RESULTS / f"core_slices_{a.seg_run.name}.json")
 
 
 if __name__ == "__main__":

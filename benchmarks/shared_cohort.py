@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,9 @@ import pandas as pd
 
 from lungcad.stats import delong_contrast, delong_test
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, also when a test imports this one
+from synth_ceiling import RESULTS, write_result  # noqa: E402
+
 BASELINES = ("baseline_measured_diameter", "baseline_diameter")
 
 
@@ -96,10 +99,7 @@ def main() -> None:
                 m = c["mean"]
                 print(f"  mean over {m['k']} runs, {m['n_common']} common patients: {m['estimate']:+.4f} "
                       f"[{m['ci'][0]:+.4f}, {m['ci'][1]:+.4f}], p = {m['p']:.3g}")
-    out = a.out or RESULTS / f"shared_cohort_{a.split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, a.out or RESULTS / f"shared_cohort_{a.split}.json")
 
 
 if __name__ == "__main__":

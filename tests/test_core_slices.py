@@ -1,22 +1,16 @@
 """benchmarks/core_slices.py: which core slices on predicted masks show the patient's nodule."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "core_slices.py"
 
 
 @pytest.fixture(scope="module")
-def core():
-    spec = importlib.util.spec_from_file_location("core_slices", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def core(benchmark_script):
+    return benchmark_script("core_slices")
 
 
 def _square(y, x, side, size=32):

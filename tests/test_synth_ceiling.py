@@ -1,22 +1,16 @@
 """benchmarks/synth_ceiling.py: the truth-only scores on a hand-made truth file."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
 from lungcad.synth import malignancy_logit
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "synth_ceiling.py"
 
 
 @pytest.fixture(scope="module")
-def ceiling():
-    spec = importlib.util.spec_from_file_location("synth_ceiling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ceiling(benchmark_script):
+    return benchmark_script("synth_ceiling")
 
 
 def _nodule(d, shape, density):

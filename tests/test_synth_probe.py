@@ -1,8 +1,5 @@
 """benchmarks/synth_probe.py: the embedding tap, the random-init control and the probe itself."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,16 +7,11 @@ import torch
 
 from lungcad.models.fusion import NoduleFusionNet, NoduleHyperFusionNet
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "synth_probe.py"
 
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("synth_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["synth_probe"] = module
-    spec.loader.exec_module(module)
-    return module
+def probe(benchmark_script):
+    return benchmark_script("synth_probe")
 
 
 def _input(n=3, seed=0):
