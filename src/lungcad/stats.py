@@ -175,15 +175,21 @@ def delong_test(y, scores_a, scores_b) -> dict:
         return {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "diff": 0.0, "se": 0.0, "z": 0.0, "p": 1.0}
     cov = _delong_covariance(v10, v01)
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    out = {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "diff": diff}
+    return {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "diff": diff, **_normal_test(diff, var)}
+
+
+def _normal_test(estimate: float, var: float) -> dict:
+    """``{"se", "z", "p"}`` of a two-sided normal test of ``estimate`` against 0. A zero variance
+    gives ``z = 0, p = 1`` for a zero estimate and ``z = ±inf, p = 0`` otherwise; nan when unknown."""
+    nan = float("nan")
     if not np.isfinite(var):
-        return {**out, "se": nan, "z": nan, "p": nan}
+        return {"se": nan, "z": nan, "p": nan}
     if var <= 1e-15:
-        z = 0.0 if abs(diff) < 1e-12 else float(np.sign(diff) * np.inf)
-        return {**out, "se": 0.0, "z": z, "p": 1.0 if z == 0.0 else 0.0}
+        z = 0.0 if abs(estimate) < 1e-12 else float(np.sign(estimate) * np.inf)
+        return {"se": 0.0, "z": z, "p": 1.0 if z == 0.0 else 0.0}
     se = float(np.sqrt(var))
-    z = diff / se
-    return {**out, "se": se, "z": float(z), "p": float(2 * norm.sf(abs(z)))}
+    z = estimate / se
+    return {"se": se, "z": float(z), "p": float(2 * norm.sf(abs(z)))}
 
 
 def pooled_difference(diffs, ses, alpha: float = 0.05) -> dict:
@@ -235,15 +241,7 @@ def delong_contrast(y, scores, weights, alpha: float = 0.05) -> dict:
     if not np.isfinite(auc).all():
         return {"estimate": nan, "se": nan, "ci": [nan, nan], "z": nan, "p": nan}
     estimate = float(w @ auc)
-    var = float(w @ _delong_covariance(v10, v01) @ w)
-    if not np.isfinite(var):
-        return {"estimate": estimate, "se": nan, "ci": [nan, nan], "z": nan, "p": nan}
-    se = float(np.sqrt(max(var, 0.0)))
-    half = float(norm.ppf(1 - alpha / 2)) * se
-    if se <= 1e-12:
-        z = 0.0 if abs(estimate) < 1e-12 else float(np.sign(estimate) * np.inf)
-        p = 1.0 if z == 0.0 else 0.0
-    else:
-        z = estimate / se
-        p = float(2 * norm.sf(abs(z)))
-    return {"estimate": estimate, "se": se, "ci": [estimate - half, estimate + half], "z": float(z), "p": p}
+    test = _normal_test(estimate, float(w @ _delong_covariance(v10, v01) @ w))
+    half = float(norm.ppf(1 - alpha / 2)) * test["se"]
+    return {"estimate": estimate, "se": test["se"], "ci": [estimate - half, estimate + half], "z": test["z"],
+            "p": test["p"]}
