@@ -509,17 +509,12 @@ def _size_head_frame(head, network: pd.DataFrame, measured: pd.Series) -> pd.Dat
 
 
 def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, progress,
-                   n_boot, head=None, fit: FitCohort | None = None) -> tuple[dict, pd.DataFrame]:
+                   n_boot, fit: FitCohort, head=None) -> tuple[dict, pd.DataFrame]:
     """Evaluate one split of a classification run; returns (results, per-patient predictions).
 
-    ``head``: the run's ``PatientHead`` (None: the network's mean is the headline). ``fit``: where
-    the diameter baselines are fitted (None: the split's ``train`` patients on ``manifest``, with
-    the stored masks' out-of-fold diameters)."""
+    ``fit``: where the diameter baselines are fitted. ``head``: the run's ``PatientHead`` (None:
+    the network's mean is the headline)."""
     patients = splits["classification"][split]
-    if fit is None:
-        train = splits["classification"]["train"]
-        fit = FitCohort(manifest, train, segmenter.diameters(manifest, train)
-                        if isinstance(segmenter, StoredMasks) else None)
     labels = _patient_labels(manifest, patients)
     result: dict = {"n_patients_in_split": len(patients)}
     predictions = []
@@ -549,7 +544,7 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
     # Measured diameters of the split's patients on the masks the classifier read: stored masks
     # (out of fold), or live ones of a cohort the segmenter never saw (external).
     measurable = bool(usable) and usable[0] == "predicted_masks" and (
-        isinstance(segmenter, StoredMasks) or getattr(segmenter, "external", False))
+        isinstance(segmenter, StoredMasks) or (isinstance(segmenter, LiveMasks) and segmenter.external))
     measured = segmenter.diameters(manifest, patients) if measurable else None
     if head is not None and measurable:
         network = next(p for p in predictions if p["masks"].iloc[0] == "predicted_masks")
@@ -588,10 +583,9 @@ def classify_split(bench: Path, manifest, splits, split, classifier, segmenter, 
 
 
 def _evaluate_classification(run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot,
-                             tta=None, min_peak=None, own_bench: Path | None = None):
-    """``own_bench``: ``bench`` is an external cohort and this is the benchmark the run trained on
-    (its training patients fit the diameter baselines; the segmenter runs live on the cohort)."""
-    from .data import read_manifest
+                             tta=None, min_peak=None, own: tuple[Path, pd.DataFrame] | None = None):
+    """``own``: ``bench`` is an external cohort, and this is the benchmark the run trained on and its
+    manifest (its training patients fit the diameter baselines; the segmenter runs live on the cohort)."""
     from .inference import SliceClassifier, SliceSegmenter
 
     classifier = SliceClassifier.from_run(run, device=device)
@@ -599,19 +593,20 @@ def _evaluate_classification(run, bench, manifest, splits, names, info, seg_run,
     segmenter = stored = None
     if seg_path:
         stored = StoredMasks.from_run(seg_path)
-        segmenter = stored if own_bench is None else None
-        segmenter = segmenter or LiveMasks(SliceSegmenter.from_run(seg_path, device=device).with_options(tta, min_peak),
-                                           external=own_bench is not None)
-    fit = None
-    if own_bench is not None:
-        own_manifest = read_manifest(own_bench)
-        train = _run_splits(run, own_bench)["classification"]["train"]
-        fit = FitCohort(own_manifest, train, stored.diameters(own_manifest, train) if stored else None)
+        if stored is not None and own is None:
+            segmenter = stored
+        else:
+            segmenter = LiveMasks(SliceSegmenter.from_run(seg_path, device=device).with_options(tta, min_peak),
+                                  external=own is not None)
+    # The baselines' training patients, once for every split: the run's own, with their out-of-fold sizes.
+    fit_manifest, train = (manifest, splits["classification"]["train"]) if own is None else (
+        own[1], _run_splits(run, own[0])["classification"]["train"])
+    fit = FitCohort(fit_manifest, train, stored.diameters(fit_manifest, train) if stored else None)
     head = PatientHead.load(run)
     results, predictions = {}, []
     for split in names:
         results[split], frame = classify_split(bench, manifest, splits, split, classifier, segmenter,
-                                               progress, n_boot, head, fit)
+                                               progress, n_boot, fit, head)
         predictions.append(frame)
     return results, pd.concat(predictions, ignore_index=True), seg_path
 
@@ -817,9 +812,16 @@ def _headline_scalars(task: str, results: dict) -> dict:
 # --------------------------------------------------------------------------- entry points
 
 
-def _same_benchmark(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    """Whether two manifests hold the same series (a benchmark moved or re-ingested, not another cohort)."""
-    return set(a["series_uid"].astype(str)) == set(b["series_uid"].astype(str))
+def _is_benchmark(own: Path, bench: Path, manifest: pd.DataFrame, own_manifest: pd.DataFrame | None = None) -> bool:
+    """Whether ``bench`` (read as ``manifest``) is the benchmark at ``own``: the same folder, or the
+    same series (moved or re-ingested, not another cohort). ``own``'s manifest is read only when the
+    folders differ and ``own_manifest`` is not given."""
+    from .data import read_manifest
+
+    if own.resolve() == bench.resolve():
+        return True
+    own_manifest = read_manifest(own) if own_manifest is None else own_manifest
+    return set(own_manifest["series_uid"].astype(str)) == set(manifest["series_uid"].astype(str))
 
 
 def _check_trained_bench(run: Path, bench: Path, manifest: pd.DataFrame) -> None:
@@ -828,13 +830,11 @@ def _check_trained_bench(run: Path, bench: Path, manifest: pd.DataFrame) -> None
     Patient IDs repeat across benchmarks (every synth draw has LIDC-IDRI-0001, so may two ingests of
     one collection), so the run's split would silently pick "test" patients of another cohort,
     some of them its training patients' namesakes. Another cohort is ``--external``."""
-    from .data import read_manifest
-
     try:
         own = _resolve_bench(run, None)
     except LungcadError:
         return  # the recorded benchmark is gone (moved): trust --bench
-    if own.resolve() != bench.resolve() and not _same_benchmark(read_manifest(own), manifest):
+    if not _is_benchmark(own, bench, manifest):
         raise LungcadError(f"{bench}: not the benchmark {run} was trained on ({own}; their series differ). "
                            "To evaluate the run on a cohort it never saw, add --external")
 
@@ -885,7 +885,8 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
         manifest = read_manifest(bench)
         if task == "classification":
             own_bench = _resolve_bench(run, None)  # the baselines' training patients
-            if own_bench.resolve() == bench.resolve() or _same_benchmark(read_manifest(own_bench), manifest):
+            own_manifest = read_manifest(own_bench)
+            if _is_benchmark(own_bench, bench, manifest, own_manifest):
                 raise LungcadError(f"{bench}: the benchmark {run} was trained on, not an external cohort")
         splits, names, split = _external_splits(manifest), [EXTERNAL], EXTERNAL
         out = Path(out) if out is not None else run / EXTERNAL / bench.name / "metrics.json"
@@ -917,7 +918,8 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
         metrics["threshold"] = info.get("threshold", 0.5)
     else:
         results, predictions, seg_path = _evaluate_classification(
-            run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot, tta, min_peak, own_bench)
+            run, bench, manifest, splits, names, info, seg_run, device, progress, n_boot, tta, min_peak,
+            None if own_bench is None else (own_bench, own_manifest))
         metrics["seg_run"] = str(seg_path) if seg_path else None
         if seg_path is None:
             recorded = info.get("seg_run")
