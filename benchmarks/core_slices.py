@@ -23,22 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from lungcad.config import read_yaml
 from lungcad.data import core_slices, predicted_mask_path, read_manifest, read_png
+from lungcad.features import largest_component
 from lungcad.ingest.manifest import OUTLINE_MASK_SOURCES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, also when a test imports this one
 from synth_ceiling import RESULTS, write_result  # noqa: E402
-
-EIGHT = np.ones((3, 3), bool)  # 8-connectivity, as features.py picks the largest component
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a non-empty boolean mask."""
-    labels, _ = ndimage.label(mask, EIGHT)
-    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
 
 
 def slice_table(bench: Path, pred_dir: Path, rows: pd.DataFrame) -> pd.DataFrame:
@@ -50,9 +42,10 @@ def slice_table(bench: Path, pred_dir: Path, rows: pd.DataFrame) -> pd.DataFrame
         if not predicted.any():
             continue
         reference = read_png(bench / row["mask_path"]) > 0 if row["mask_path"] else np.zeros_like(predicted)
+        labels, label = largest_component(predicted)  # the component the features centre on
         records.append({"patient_id": row["patient_id"], "label": int(row["label"]), "dataset": row["dataset"],
                         "area_px": int(predicted.sum()),
-                        "on_nodule": bool((largest_component(predicted) & reference).any())})
+                        "on_nodule": bool(((labels == label) & reference).any())})
     return pd.DataFrame.from_records(records, columns=["patient_id", "label", "dataset", "area_px", "on_nodule"])
 
 

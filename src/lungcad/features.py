@@ -149,18 +149,24 @@ def extract_window(array: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
 # geometry
 
 
+def largest_component(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 8-connected component labels of ``mask`` and the label of its largest component, the one
+    the crops centre on (ties: the first in raster order; 0 for an empty mask)."""
+    labels, count = ndimage.label(np.asarray(mask) > 0, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return labels, 0
+    return labels, int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+
+
 def nodule_geometry(mask: np.ndarray, crop: int = PAPER_CROP) -> NoduleGeometry:
     """Centre and crop windows of the largest mask component (see the module docstring)."""
-    mask = np.asarray(mask) > 0
-    shape = mask.shape
-    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    if count == 0:
+    shape = np.shape(mask)
+    labels, label = largest_component(mask)
+    if label == 0:
         centre = (shape[0] // 2, shape[1] // 2)
         return NoduleGeometry(
             centre, _window_box(centre, 2 * crop, shape), _window_box(centre, crop, shape), True
         )
-    sizes = np.bincount(labels.ravel())[1:]
-    label = int(np.argmax(sizes)) + 1  # ties: the first label in raster order
     box = ndimage.find_objects(labels, max_label=label)[label - 1]
     rows, cols = np.nonzero(labels[box] == label)  # within the component's bounding box: fast
     rows, cols = rows + box[0].start, cols + box[1].start
