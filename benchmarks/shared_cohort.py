@@ -36,9 +36,9 @@ from synth_ceiling import RESULTS, write_result  # noqa: E402
 BASELINES = ("baseline_measured_diameter", "baseline_diameter")
 
 
-def run_scores(folder: Path, split: str) -> tuple[str, pd.DataFrame]:
-    """The headline's name and a frame ``patient_id -> label, <masks>...`` of one evaluation."""
-    metrics = json.loads((folder / "metrics.json").read_text())
+def run_scores(folder: Path, metrics: dict, split: str) -> tuple[str, pd.DataFrame]:
+    """The headline's name and a frame ``patient_id -> label, <masks>...`` of one evaluation
+    (``metrics``: its metrics.json)."""
     headline = metrics["results"][split]["headline"]
     pred = pd.read_csv(folder / "predictions.csv")
     pred = pred[pred["split"] == split]
@@ -77,11 +77,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
 
-    benches = {json.loads((f / "metrics.json").read_text()).get("bench") for f in a.folders}
+    metrics = {f: json.loads((f / "metrics.json").read_text()) for f in a.folders}
+    benches = {m.get("bench") for m in metrics.values()}
     if len(benches) != 1:
         raise SystemExit(f"the runs were scored on different cohorts ({', '.join(map(str, benches))}); "
                          "patient IDs repeat across benchmarks, so they cannot be matched")
-    runs = {str(f): run_scores(f, a.split) for f in a.folders}
+    runs = {str(f): run_scores(f, m, a.split) for f, m in metrics.items()}
     rows = {"headline": (lambda h: h, BASELINES), "network alone": (lambda h: "predicted_masks", BASELINES),
             # the network on the reference masks, against the diameter of the same outlines
             "network on reference masks": (lambda h: "gt_masks", ("baseline_diameter",))}
