@@ -458,6 +458,7 @@ def test_external_cohort_is_evaluated_whole_with_baselines_fitted_on_the_runs_ow
     assert (out / "figures" / "roc_external.png").stat().st_size > 0
     assert not (run / "metrics.json").exists() and not (run / "figures").exists()
     assert list(m["results"]) == ["external"] and m["external"]["trained_on"] == str(bench)
+    assert m["external"]["run_dir"] == str(run.resolve())  # the leaderboard's way back to model.json
     r = m["results"]["external"]
     assert r["n_patients_in_split"] == 5
     pred = r["predicted_masks"]

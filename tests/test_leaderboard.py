@@ -176,3 +176,44 @@ def test_pooled_table_keeps_runs_with_and_without_the_size_head_apart(tmp_path):
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].split("|")[1:-1]]
     assert cells[1].startswith("predicted_masks - ") and cells[3].startswith("+0.0500 [")
+
+
+def _external(run, cohort, measured, *, layout=True):
+    """An evaluation of ``run`` on another cohort, as `evaluate --external` writes it: in
+    RUN/external/<cohort>/ (``layout``) or elsewhere, naming the run in ``external.run_dir``."""
+    folder = run / "external" / cohort if layout else run.parent / f"{run.name}-{cohort}"
+    folder.mkdir(parents=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    scored = {**metrics["results"]["test"], "vs_baseline_measured": {"diff": measured[0], "se": measured[1], "p": 0.5}}
+    scored["predicted_masks"] = {**scored["predicted_masks"], "n": 300}
+    external = {"trained_on": "/x/bench1", **({} if layout else {"run_dir": str(run)})}
+    (folder / "metrics.json").write_text(json.dumps({
+        "task": "classification", "bench": f"/c/{cohort}", "split": "external", "external": external,
+        "results": {"external": scored}}))
+    return folder
+
+
+def test_external_evaluations_are_rows_and_pool_over_their_cohorts(tmp_path):
+    run = _with_tests(_cls_run(tmp_path / "big", "nodule-hyperfusionnet", 0.8, crop=16), "/x/bench1", (0.9, 0.01))
+    first = _external(run, "cohortA", (0.10, 0.05))
+    second = _external(run, "cohortB", (0.00, 0.10), layout=False)
+    text = leaderboard([first, second])
+    table = text.split("### Pooled over benchmarks")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| NoduleHyperFusionNet")]
+    # The variant comes from the run's model.json, found by layout or by external.run_dir.
+    assert len(rows) == 2 and all("(crop 16)" in r for r in rows), text
+    assert all(" 300 |" in r for r in rows)  # the cohort's patients, not the run's test split (20)
+    assert "in place of the test split" in table
+    cells = [c.strip() for c in _pooled_rows(text)[0].split("|")[1:-1]]
+    # The two cohorts pool (weights 400 and 100: +0.08); the run's own test result (+0.9) is not read.
+    assert cells[2] == "2" and cells[3].startswith("+0.0800 [") and cells[6] == "cohortA +0.100, cohortB +0.000"
+
+
+def test_an_external_cohort_that_is_a_counted_benchmark_is_left_out(tmp_path):
+    own = _with_tests(_cls_run(tmp_path / "a", "nodule-hyperfusionnet", 0.8), "/c/cohortA", (0.1, 0.05))
+    other = _with_tests(_cls_run(tmp_path / "b", "nodule-hyperfusionnet", 0.8), "/y/bench2", (0.0, 0.05))
+    overlapping = _external(other, "cohortA", (0.5, 0.01))
+    text = leaderboard([own, other, overlapping])
+    cells = [c.strip() for c in _pooled_rows(text)[0].split("|")[1:-1]]
+    assert cells[2] == "2" and cells[3].startswith("+0.0500 [")
+    assert "already counted for the model): " + str(overlapping) in text

@@ -907,7 +907,7 @@ def evaluate_run(run, bench=None, split: str = "test", seg_run=None, out=None, d
             trained_on = str(own_bench or _resolve_bench(run, None))
         except LungcadError:
             trained_on = None  # a segmentation run whose benchmark moved: not needed to evaluate it
-        metrics["external"] = {"trained_on": trained_on,
+        metrics["external"] = {"trained_on": trained_on, "run_dir": str(run.resolve()),
                                "note": "a cohort the run never saw: every labelled patient, masks segmented now"}
     predictions = None
     if task == "segmentation":

@@ -1,6 +1,8 @@
 """Leaderboards from evaluated run folders: the paper's Table 6 (segmentation) and Table 7 (classification).
 
-Each run must have been evaluated (``RUN/metrics.json``, written by ``lungcad evaluate``). The
+Each run must have been evaluated (``RUN/metrics.json``, written by ``lungcad evaluate``); an
+evaluation on a cohort the run never saw (``RUN/external/<cohort>/``, ``lungcad evaluate --external``)
+is a row of its own, scored on that cohort instead of the test split. The
 paper's columns come first, then ours: confidence intervals, Dice on nodule slices only, the
 false-positive rate on nodule-free slices, 3D Dice, and the nodule-diameter baseline for classifiers.
 Rows are ranked by the headline metric (test Dice over all slices; patient-level test AUC), best
@@ -105,7 +107,7 @@ def load_run_metrics(run: str | Path) -> dict:
     if not metrics_path.is_file():
         raise LungcadError(f"{run}: no metrics.json; run `lungcad evaluate {run}` first")
     metrics = _read_json(metrics_path, run, "metrics.json")
-    model_json = run / "model.json"
+    model_json = _model_json_path(run, metrics)
     if model_json.is_file():
         info = _read_json(model_json, run, "model.json")
         metrics.setdefault("arch", info.get("arch"))
@@ -117,8 +119,30 @@ def load_run_metrics(run: str | Path) -> dict:
     return metrics
 
 
+def _model_json_path(folder: Path, metrics: dict) -> Path:
+    """The run's ``model.json``; an external evaluation's folder has none: the run it names
+    (``external.run_dir``), else the default layout ``RUN/external/<cohort>/``."""
+    external = metrics.get("external")
+    if (folder / "model.json").is_file() or not isinstance(external, dict):
+        return folder / "model.json"
+    return Path(external["run_dir"]) / "model.json" if external.get("run_dir") else folder.parent.parent / "model.json"
+
+
 def _split(metrics: dict, name: str) -> dict:
     return (metrics.get("results") or {}).get(name) or {}
+
+
+def _scored(metrics: dict) -> dict:
+    """The results a row reports: the test split, or an external evaluation's one split (its cohort)."""
+    return _split(metrics, str(metrics.get("split")) if metrics.get("external") else "test")
+
+
+EXTERNAL_NOTE = (" Rows of an external evaluation (Run .../external/<cohort>, `lungcad evaluate --external`) "
+                 "report every labelled patient of that cohort, which the run never saw, in place of the test split.")
+
+
+def _external_note(runs_metrics: list[dict]) -> str:
+    return EXTERNAL_NOTE if any(m.get("external") for m in runs_metrics) else ""
 
 
 def _rank(rows: list[tuple[float, list[str]]]) -> list[list[str]]:
@@ -141,7 +165,7 @@ def segmentation_table(runs_metrics: list[dict]) -> str:
     ]
     rows = []
     for m in runs_metrics:
-        val, test = _split(m, "val"), _split(m, "test")
+        val, test = _split(m, "val"), _scored(m)
         ci = test.get("ci") or {}
         cells = [
             _model_cell(m),
@@ -160,12 +184,12 @@ def segmentation_table(runs_metrics: list[dict]) -> str:
         "Dice over all evaluated slices (an empty prediction on an empty slice scores 1) for the paper's "
         "columns; nodule slices = slices with a nodule in the reference mask. Ranked by test Dice on "
         "nodule slices. 95% CIs: patient bootstrap."
-    )
+    ) + _external_note(runs_metrics)
     return "### Segmentation (Table 6)\n\n" + _markdown(header, _rank(rows)) + "\n\n" + note + "\n"
 
 
 def _classification_cells(m: dict) -> tuple[float, list[str]]:
-    test = _split(m, "test")
+    test = _scored(m)
     headline = test.get("headline")
     result = test.get(headline) or {}
     ci = result.get("ci") or {}
@@ -218,7 +242,7 @@ def classification_table(runs_metrics: list[dict]) -> str:
         "(no annotation needed), with the model's p against it. Size head (the cpu preset): the network's "
         "patient probability and the measured diameter weighed by a logistic regression fitted on the "
         "validation patients (lungcad.patient_head)."
-    )
+    ) + _external_note(runs_metrics)
     return "### Classification (Table 7)\n\n" + _markdown(header, _rank(rows)) + "\n\n" + note + "\n"
 
 
@@ -242,13 +266,15 @@ def pooled_table(runs_metrics: list[dict]) -> str:
     network alone, ``predicted_masks``), the first run given on each benchmark (``metrics.json``
     ``bench``) counts; further runs on a benchmark already counted
     (other training seeds, the same test patients) are named and left out, as they are not
-    independent; so are runs whose ``metrics.json`` names no benchmark. Pooling is fixed-effect,
+    independent; so are runs whose ``metrics.json`` names no benchmark. An external evaluation counts
+    on the cohort it scored (its ``bench``), so one run evaluated on several independent cohorts
+    pools too, and a cohort that is also another run's own benchmark counts once. Pooling is fixed-effect,
     inverse-variance (:func:`lungcad.stats.pooled_difference`). Empty when no model has runs on
     two benchmarks.
     """
     groups: dict[tuple[str, str], list[dict]] = {}
     for m in runs_metrics:  # runs with and without the size head are two models here
-        headline = str(_split(m, "test").get("headline") or MISSING)
+        headline = str(_scored(m).get("headline") or MISSING)
         groups.setdefault((_model_cell(m), headline), []).append(m)
     rows, repeated, unknown = [], [], []
     for (model, headline), ms in groups.items():
@@ -265,7 +291,7 @@ def pooled_table(runs_metrics: list[dict]) -> str:
         if len(counted) < 2:
             continue
         for key, label in POOLED_COMPARISONS:
-            tests = [(_split(m, "test").get(key) or {}, m) for m in counted]
+            tests = [(_scored(m).get(key) or {}, m) for m in counted]
             tests = [(t, m) for t, m in tests if _finite(t.get("diff")) and _finite(t.get("se"))]
             pooled = pooled_difference([t["diff"] for t, _ in tests], [t["se"] for t, _ in tests])
             if pooled["k"] < 2:
