@@ -37,6 +37,13 @@ def test_manifest_missing_column_names_file_and_column(tmp_path, bench):
         read_manifest(tmp_path)
 
 
+def test_manifest_listing_a_slice_twice_is_refused(tmp_path, bench):
+    frame = pd.read_csv(bench / "manifest.csv")
+    pd.concat([frame, frame.iloc[[3, 5]]]).to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(LungcadError, match=r"manifest\.csv: 2 rows repeat a slice.*" + frame["image_path"].iloc[3]):
+        read_manifest(tmp_path)
+
+
 def test_manifest_missing_file(tmp_path):
     with pytest.raises(LungcadError, match="manifest.csv"):
         read_manifest(tmp_path)

@@ -56,7 +56,8 @@ PNG_CACHE_SIZE = 1024  # decoded slices kept per process (256 x 256 uint8: 64 kB
 def read_manifest(bench: str | Path) -> pd.DataFrame:
     """Read ``BENCH/manifest.csv`` and check its contract columns.
 
-    Raises ``LungcadError`` naming the file when it is missing, unreadable or lacks a column.
+    Raises ``LungcadError`` naming the file when it is missing, unreadable, lacks a column or lists
+    a slice twice.
     """
     path = Path(bench) / "manifest.csv"
     if not path.is_file():
@@ -71,6 +72,15 @@ def read_manifest(bench: str | Path) -> pd.DataFrame:
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise LungcadError(f"{path}: missing column {missing[0]!r} (expected {', '.join(MANIFEST_COLUMNS)})")
+    # Per-slice tables (predicted masks' areas.csv) are keyed on image_path. Ingests before the
+    # "series listed twice" fix could write a series twice; the same slice twice would weigh its
+    # patient double in training and break those lookups.
+    repeated = frame["image_path"].duplicated()
+    if repeated.any():
+        first = frame.loc[repeated, "image_path"].iloc[0]
+        raise LungcadError(f"{path}: {int(repeated.sum())} rows repeat a slice listed before (first: {first}); "
+                           "run `lungcad ingest` again (a series a source lists twice is ingested once) "
+                           "or drop the repeated rows")
     frame["nodule_area_px"] = pd.to_numeric(frame["nodule_area_px"], errors="coerce").fillna(0).astype(int)
     frame["slice_index"] = pd.to_numeric(frame["slice_index"], errors="coerce").fillna(-1).astype(int)
     return frame
