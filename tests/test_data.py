@@ -14,7 +14,7 @@ import torch
 from _bench_fixture import build_bench
 from lungcad.data import (
     ClassificationDataset, SegmentationDataset, classification_items, core_slices, neighbour_indices,
-    predicted_mask_path, read_manifest, read_png, segmentation_items,
+    predicted_areas, predicted_mask_path, read_manifest, read_png, segmentation_items,
 )
 from lungcad.errors import LungcadError
 
@@ -179,6 +179,21 @@ def test_classification_items_predicted_masks(bench, tmp_path):
     assert all(str(pred_dir) in f for f in items["mask_file"])
     with pytest.raises(LungcadError, match="pred_mask_dir"):
         classification_items(bench, patients, mask_source="predicted")
+
+
+def test_predicted_areas_read_areas_csv_with_a_repeated_row(bench, tmp_path):
+    """areas.csv of a segmentation run made on a benchmark that listed some slices twice (ingests
+    before the fix) repeats those rows: same slice, same mask file, same area."""
+    patients = _patients(bench)
+    pred_dir = tmp_path / "predicted_masks"
+    _write_predicted(bench, pred_dir, empty_patient=patients[0])
+    rows = read_manifest(bench)
+    from_pngs = predicted_areas(pred_dir, rows)           # no areas.csv: counted on the PNGs
+    table = pd.DataFrame({"image_path": rows["image_path"], "patient_id": rows["patient_id"],
+                          "area_px": from_pngs + 1})       # +1: tells the table from the PNGs
+    pd.concat([table, table.iloc[[2]]]).to_csv(pred_dir / "areas.csv", index=False)
+    assert from_pngs.sum() > 0
+    np.testing.assert_array_equal(predicted_areas(pred_dir, rows), from_pngs + 1)
 
 
 def test_classification_dataset_augments_before_features(bench):

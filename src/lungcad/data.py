@@ -254,6 +254,8 @@ def predicted_areas(pred_mask_dir: str | Path, rows: pd.DataFrame) -> np.ndarray
     table = pred_mask_dir / "areas.csv"
     if table.is_file():
         areas = pd.read_csv(table, dtype={"image_path": str}).set_index("image_path")["area_px"]
+        # A run made on a benchmark that listed a slice twice (before ingest's fix) repeats its row.
+        areas = areas[~areas.index.duplicated()]
         found = rows["image_path"].map(areas)
         if not found.isna().any():
             return found.to_numpy(dtype=np.int64)
