@@ -1,6 +1,5 @@
 """benchmarks/synth_probe.py: the embedding tap, the random-init control and the probe itself."""
 
-
 import numpy as np
 import pytest
 import torch
